@@ -1,0 +1,1 @@
+"""The domain: stream logs, runs, the agent loop, sessions and tools."""

@@ -1,0 +1,140 @@
+"""The agent: one run's tool-calling loop, writing everything the model says into the run's
+stream log.
+
+The agent never saves anything and never ends the log: the run manager does both, after the
+agent returns or raises, so that the reply is saved before readers are told the run ended.
+What the agent has produced so far (finished tool rounds, the text of the current round) stays
+readable after a failure or cancellation, so partial work is saved too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loguru import logger
+
+from martlet_molt.core.status import RunStatus
+from martlet_molt.core.stream_buffer import StreamBuffer
+from martlet_molt.core.tools import ToolRegistry
+from martlet_molt.providers.base import (
+    ChatMessage,
+    FinishDelta,
+    Provider,
+    TextDelta,
+    ToolCallDelta,
+    UsageDelta,
+)
+from martlet_molt.store.base import NewMessage
+
+
+@dataclass(slots=True)
+class _PendingToolCall:
+    """A tool call being assembled from stream fragments."""
+
+    call_id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list[str])
+
+    def as_openai(self) -> dict[str, Any]:
+        return {
+            "id": self.call_id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": "".join(self.arguments)},
+        }
+
+
+class Agent:
+    """Runs one turn of a conversation: model, tools, model, ... until a final answer."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        tools: ToolRegistry | None = None,
+        *,
+        max_rounds: int = 8,
+    ) -> None:
+        self.provider = provider
+        self.tools = tools or ToolRegistry()
+        self.max_rounds = max_rounds
+        self.finished_rounds: list[NewMessage] = []
+        self.usage: dict[str, int] = {}
+        self.finish_reason: str | None = None
+        self._round_start = 0
+
+    async def stream_to_buffer(self, history: Sequence[ChatMessage], buffer: StreamBuffer) -> None:
+        """Stream the reply into `buffer` (already started), running tools as the model asks."""
+        messages = list(history)
+        for round_number in range(1, self.max_rounds + 1):
+            self._round_start = buffer.content_length
+            offer_tools = len(self.tools) > 0 and round_number < self.max_rounds
+            calls = await self._stream_round(messages, buffer, offer_tools=offer_tools)
+            if not calls:
+                return
+            messages.extend(await self._run_tools(calls, buffer))
+        logger.warning("run {} stopped after {} tool rounds", buffer.run_id, self.max_rounds)
+
+    async def _stream_round(
+        self, messages: list[ChatMessage], buffer: StreamBuffer, *, offer_tools: bool
+    ) -> list[_PendingToolCall]:
+        calls: dict[int, _PendingToolCall] = {}
+        specs = self.tools.specs() if offer_tools else ()
+        async for delta in self.provider.stream(messages, specs):
+            if isinstance(delta, TextDelta):
+                buffer.put_sync(delta.text)
+            elif isinstance(delta, ToolCallDelta):
+                call = calls.setdefault(delta.index, _PendingToolCall())
+                if delta.call_id:
+                    call.call_id = delta.call_id
+                if delta.name:
+                    call.name += delta.name
+                call.arguments.append(delta.arguments)
+            elif isinstance(delta, UsageDelta):
+                self._add_usage(delta)
+            elif isinstance(delta, FinishDelta):  # pyright: ignore[reportUnnecessaryIsInstance]
+                self.finish_reason = delta.reason
+        return [calls[index] for index in sorted(calls)]
+
+    async def _run_tools(
+        self, calls: list[_PendingToolCall], buffer: StreamBuffer
+    ) -> list[ChatMessage]:
+        text = self.round_text(buffer)
+        tool_calls = [call.as_openai() for call in calls]
+        new_messages = [NewMessage("assistant", text, run_id=buffer.run_id, tool_calls=tool_calls)]
+        context: list[ChatMessage] = [
+            {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
+        ]
+        for call in calls:
+            arguments = "".join(call.arguments)
+            buffer.add_tool_call(call_id=call.call_id, name=call.name, arguments=arguments)
+            logger.info("run {} calls tool {}", buffer.run_id, call.name)
+            result = await self.tools.invoke(call.name, arguments)
+            buffer.add_tool_result(call_id=call.call_id, name=call.name, content=result)
+            new_messages.append(
+                NewMessage(
+                    "tool", result, run_id=buffer.run_id, tool_call_id=call.call_id, name=call.name
+                )
+            )
+            context.append({"role": "tool", "tool_call_id": call.call_id, "content": result})
+        self.finished_rounds.extend(new_messages)
+        return context
+
+    def _add_usage(self, delta: UsageDelta) -> None:
+        for key, value in (
+            ("prompt_tokens", delta.prompt_tokens),
+            ("completion_tokens", delta.completion_tokens),
+            ("total_tokens", delta.total_tokens),
+        ):
+            self.usage[key] = self.usage.get(key, 0) + value
+
+    def round_text(self, buffer: StreamBuffer) -> str:
+        """The text of the round under way (the final answer once the loop is done)."""
+        return buffer.full_content[self._round_start :]
+
+    def messages_to_save(self, buffer: StreamBuffer, status: RunStatus) -> list[NewMessage]:
+        """Everything this run adds to the session: finished tool rounds, then the reply."""
+        reply = NewMessage(
+            "assistant", self.round_text(buffer), status=status, run_id=buffer.run_id
+        )
+        return [*self.finished_rounds, reply]

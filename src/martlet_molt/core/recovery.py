@@ -1,0 +1,42 @@
+"""Start-up recovery: runs a dead process left unfinished become `interrupted`.
+
+A generation is never re-run on its own: it costs money. Its partial reply is kept.
+"""
+
+from __future__ import annotations
+
+from loguru import logger
+
+from martlet_molt.core.status import RunStatus
+from martlet_molt.store.base import NewMessage, Store
+
+INTERRUPTED_ERROR = "interrupted"
+
+
+async def interrupt_orphaned_runs(store: Store) -> int:
+    """Mark every unfinished run interrupted, saving its partial reply; returns how many."""
+    orphans = await store.unfinished_runs()
+    for record in orphans:
+        await store.finish_run(
+            record.run_id,
+            status=RunStatus.INTERRUPTED,
+            content=record.content,
+            error=INTERRUPTED_ERROR,
+            usage=record.usage,
+            events=record.events,
+            messages=[
+                NewMessage(
+                    "assistant",
+                    record.content,
+                    status=RunStatus.INTERRUPTED,
+                    run_id=record.run_id,
+                )
+            ],
+        )
+        logger.warning(
+            "run {} of session {} was interrupted by a restart ({} chars kept)",
+            record.run_id,
+            record.session_id,
+            len(record.content),
+        )
+    return len(orphans)

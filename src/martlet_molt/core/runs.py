@@ -1,0 +1,341 @@
+"""The run manager: the only owner of background runs.
+
+Who does what:
+- `RunManager.start` (called by a request) saves the user message and a pending run, creates the
+  run's stream log, and starts the run's task. The request then only *reads* the log.
+- The task (`_drive`) streams the model into the log, saves the outcome, and only then appends
+  the log's end event. Its reference is kept in `_tasks` until it ends; its errors are logged.
+- Only the manager cancels a task: on `cancel`, on session deletion and at shutdown. A reader
+  going away cancels nothing but that reader.
+- Finished logs stay in memory for the retention period (within count and size caps) so late
+  readers replay from memory; after that a resume is answered from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from loguru import logger
+
+from martlet_molt.config import Settings
+from martlet_molt.core.agent import Agent
+from martlet_molt.core.session import new_session_id, to_chat_messages
+from martlet_molt.core.status import RunStatus
+from martlet_molt.core.stream_buffer import StreamBuffer, StreamBufferManager, new_run_id
+from martlet_molt.core.tools import ToolRegistry
+from martlet_molt.errors import (
+    MartletError,
+    ProviderNotConfigured,
+    RunNotFound,
+    ServiceUnavailable,
+    SessionBusy,
+    SessionNotFound,
+)
+from martlet_molt.providers.base import Provider
+from martlet_molt.store.base import RunRecord, Store
+
+PROVIDER_HINT = (
+    "no model provider is configured: set OPENAI_API_KEY (and optionally OPENAI_BASE_URL) "
+    "or OPENAI_BASE_URL for a local OpenAI-compatible server, then restart"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """A run as clients see it, whether it is live in memory or only in the store."""
+
+    run_id: str
+    session_id: str
+    status: RunStatus
+    content: str
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    usage: dict[str, Any] | None
+
+    @classmethod
+    def of_log(cls, log: StreamBuffer) -> RunView:
+        """The view of a live (or recently finished) run."""
+        return cls(
+            log.run_id,
+            log.session_id,
+            log.status,
+            log.full_content,
+            log.error,
+            log.created_at,
+            log.updated_at,
+            log.completed_at,
+            log.usage,
+        )
+
+    @classmethod
+    def of_record(cls, record: RunRecord) -> RunView:
+        """The view of a run known only to the store."""
+        return cls(
+            record.run_id,
+            record.session_id,
+            record.status,
+            record.content,
+            record.error,
+            record.created_at,
+            record.updated_at,
+            record.completed_at,
+            record.usage,
+        )
+
+
+class RunManager:
+    """Starts, tracks, cancels and finishes runs; holds their stream logs."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        provider: Provider | None,
+        tools: ToolRegistry,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.provider = provider
+        self.tools = tools
+        self.logs = StreamBufferManager(
+            settings.max_active_runs,
+            retention_seconds=settings.run_retention_seconds,
+            max_finished=settings.max_held_runs,
+            max_finished_chars=settings.max_held_chars,
+        )
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._active_by_session: dict[str, str] = {}
+        self._cancelling: set[str] = set()
+        self._accepting = True
+        self._shutting_down = False
+        self._evictor: asyncio.Task[None] | None = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start the periodic eviction of finished logs."""
+        self._evictor = asyncio.create_task(self._evict_periodically(), name="log eviction")
+
+    async def _evict_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.eviction_interval_seconds)
+            evicted = self.logs.evict()
+            if evicted:
+                logger.debug("evicted {} finished stream logs", evicted)
+
+    async def close(self, grace_seconds: float | None = None) -> None:
+        """Stop taking runs, let running ones finish within the grace period, interrupt the
+        rest (their partial replies are saved), and stop eviction."""
+        self._accepting = False
+        grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        running = list(self._tasks.values())
+        if running:
+            logger.info("waiting up to {}s for {} running runs", grace, len(running))
+            _, still_running = await asyncio.wait(running, timeout=grace)
+            if still_running:
+                self._shutting_down = True
+                for run_id in list(self._tasks):
+                    self._cancel_task(run_id)
+                await asyncio.wait(still_running)
+        if self._evictor is not None:
+            self._evictor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._evictor
+
+    # -- starting ------------------------------------------------------------------------
+
+    async def start(
+        self,
+        *,
+        message: str,
+        principal: str,
+        session_id: str | None = None,
+        client_request_id: str | None = None,
+    ) -> StreamBuffer:
+        """Save the user's message and start a background run answering it."""
+        if not self._accepting:
+            raise ServiceUnavailable("the gateway is shutting down; try again shortly")
+        if self.provider is None:
+            raise ProviderNotConfigured(PROVIDER_HINT)
+        session_id = session_id or new_session_id()
+        active = self._active_by_session.get(session_id)
+        if active is not None:
+            raise SessionBusy(session_id, active)
+        run_id = new_run_id()
+        log = self.logs.create(session_id, self.settings.max_reply_chars, run_id=run_id)
+        log.principal = principal
+        self._active_by_session[session_id] = run_id
+        try:
+            session = await self.store.get_session(session_id)
+            if session is not None and session.principal != principal:
+                raise SessionNotFound(f"session {session_id} not found")
+            await self.store.start_run(
+                session_id=session_id,
+                principal=principal,
+                run_id=run_id,
+                user_message=message,
+                client_request_id=client_request_id,
+            )
+        except BaseException:
+            self._active_by_session.pop(session_id, None)
+            self.logs.remove(run_id)
+            raise
+        agent = Agent(self.provider, self.tools, max_rounds=self.settings.max_tool_rounds)
+        task = asyncio.create_task(self._drive(log, agent), name=f"run {run_id}")
+        self._tasks[run_id] = task
+        task.add_done_callback(self._collect)
+        logger.info(
+            "run {} started in session {} (model {})", run_id, session_id, self.provider.model
+        )
+        return log
+
+    def _collect(self, task: asyncio.Task[None]) -> None:
+        """Drop a finished task and surface anything it raised that `_drive` did not handle."""
+        for run_id, held in list(self._tasks.items()):
+            if held is task:
+                del self._tasks[run_id]
+                self._cancelling.discard(run_id)
+        if not task.cancelled() and task.exception() is not None:
+            logger.opt(exception=task.exception()).error("run task {} crashed", task.get_name())
+
+    # -- the run itself ------------------------------------------------------------------
+
+    async def _drive(self, log: StreamBuffer, agent: Agent) -> None:
+        """Stream, then save, then end the log: in that order, whatever happens."""
+        started = time.monotonic()
+        status, error = RunStatus.COMPLETED, None
+        try:
+            records = await self.store.list_messages(log.session_id)
+            history = to_chat_messages(records, self.settings.system_prompt)
+            log.start()
+            await self.store.set_run_status(log.run_id, RunStatus.STREAMING)
+            await agent.stream_to_buffer(history, log)
+        except asyncio.CancelledError:
+            status = RunStatus.INTERRUPTED if self._shutting_down else RunStatus.CANCELLED
+            error = "interrupted" if self._shutting_down else None
+            logger.info("run {} {}", log.run_id, status.value)
+        except MartletError as exc:
+            status, error = RunStatus.FAILED, exc.message
+            logger.warning("run {} failed: {}", log.run_id, exc.message)
+        except Exception as exc:
+            status, error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
+            logger.opt(exception=exc).error("run {} failed", log.run_id)
+        if agent.usage:
+            log.set_usage(agent.usage)
+        try:
+            await self.store.finish_run(
+                log.run_id,
+                status=status,
+                content=log.full_content,
+                error=error,
+                usage=log.usage,
+                events=log.replay_index(),
+                messages=agent.messages_to_save(log, status),
+            )
+        except Exception as exc:
+            logger.opt(exception=exc).error("run {} could not be saved", log.run_id)
+            status, error = RunStatus.FAILED, f"the reply could not be saved: {exc}"
+        self._end(log, status, error)
+        logger.info(
+            "run {} ended {} ({} chars, {:.2f}s)",
+            log.run_id,
+            status.value,
+            log.content_length,
+            time.monotonic() - started,
+        )
+
+    def _end(self, log: StreamBuffer, status: RunStatus, error: str | None) -> None:
+        """Free the session for its next run, then tell the readers (no await between)."""
+        if self._active_by_session.get(log.session_id) == log.run_id:
+            del self._active_by_session[log.session_id]
+        if status is RunStatus.COMPLETED:
+            log.complete()
+        elif status is RunStatus.CANCELLED:
+            log.cancel()
+        elif status is RunStatus.INTERRUPTED:
+            log.interrupt(error or "interrupted")
+        else:
+            log.fail(error or "failed")
+
+    # -- reading and steering ------------------------------------------------------------
+
+    def active_run_id(self, session_id: str) -> str | None:
+        """The session's running run, if any."""
+        return self._active_by_session.get(session_id)
+
+    async def get_log(self, run_id: str, principal: str) -> StreamBuffer:
+        """The run's log: live from memory, or rebuilt from the store after eviction."""
+        log = self.logs.get(run_id)
+        if log is not None:
+            if log.principal != principal:
+                raise RunNotFound(f"run {run_id} not found")
+            return log
+        record = await self._get_record(run_id, principal)
+        status = record.status if record.status.is_final else RunStatus.INTERRUPTED
+        return StreamBuffer.from_saved(
+            run_id=record.run_id,
+            session_id=record.session_id,
+            principal=record.principal,
+            status=status,
+            content=record.content,
+            error=record.error if record.status.is_final else "interrupted",
+            usage=record.usage,
+            index=record.events,
+        )
+
+    async def _get_record(self, run_id: str, principal: str) -> RunRecord:
+        record = await self.store.get_run(run_id)
+        if record is None or record.principal != principal:
+            raise RunNotFound(f"run {run_id} not found")
+        return record
+
+    async def get_run(self, run_id: str, principal: str) -> RunView:
+        """The run's current state."""
+        log = self.logs.get(run_id)
+        if log is not None and log.principal == principal:
+            return RunView.of_log(log)
+        return RunView.of_record(await self._get_record(run_id, principal))
+
+    def _cancel_task(self, run_id: str) -> asyncio.Task[None] | None:
+        task = self._tasks.get(run_id)
+        if task is None or task.done():
+            return None
+        if run_id not in self._cancelling:
+            self._cancelling.add(run_id)
+            task.cancel()
+        return task
+
+    async def cancel(self, run_id: str, principal: str) -> RunView:
+        """Cancel a run and wait until its partial reply is saved; a no-op on finished runs."""
+        view = await self.get_run(run_id, principal)
+        task = self._cancel_task(view.run_id)
+        if task is not None:
+            logger.info("run {} cancel requested", run_id)
+            await asyncio.wait({task})
+        return await self.get_run(run_id, principal)
+
+    async def delete_session(self, session_id: str, principal: str) -> None:
+        """Cancel the session's active run, then delete the session and forget its logs."""
+        session = await self.store.get_session(session_id)
+        if session is None or session.principal != principal:
+            raise SessionNotFound(f"session {session_id} not found")
+        active = self._active_by_session.get(session_id)
+        if active is not None:
+            await self.cancel(active, principal)
+        await self.store.delete_session(session_id)
+        for run_id in self.logs.run_ids_of_session(session_id):
+            self.logs.remove(run_id)
+        logger.info("session {} deleted", session_id)
+
+    @property
+    def running_count(self) -> int:
+        """How many runs are in progress."""
+        return len(self._tasks)

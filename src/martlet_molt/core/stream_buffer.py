@@ -1,0 +1,428 @@
+"""The stream log: an append-only, replayable sequence of one run's events.
+
+The run's task is the only writer. It appends events numbered `seq` = 1, 2, 3, ... and never
+waits for anybody. Any number of readers each keep their own cursor: `read(after=n)` replays
+what is already there and then follows live from the same list, so there is no seam between
+replay and live where an event could be lost or repeated. A reader that disconnects just stops
+reading; the writer does not notice.
+
+The text is held once: delta events keep their pieces, and the full text is joined lazily and
+cached. The log ends with exactly one `end` event carrying the final status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, cast
+from uuid import uuid4
+
+from loguru import logger
+
+from martlet_molt.core.status import ALLOWED_TRANSITIONS, RunStatus
+from martlet_molt.errors import InvalidTransition, ReplyTooLong, TooManyRuns
+
+# The handoff called the run's life cycle `StreamStatus`; it is the same thing.
+StreamStatus = RunStatus
+
+
+class EventKind(StrEnum):
+    """What a stream log event says."""
+
+    DELTA = "delta"
+    TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
+    ERROR = "error"
+    END = "end"
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One event of a run. Deltas carry `text`; the others carry `data`."""
+
+    seq: int
+    kind: EventKind
+    text: str = ""
+    data: Mapping[str, Any] | None = None
+
+
+def new_run_id() -> str:
+    """A fresh, unguessable run id."""
+    return f"run_{uuid4().hex}"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class StreamBuffer:
+    """One run's stream log (the handoff's buffer, made replayable and unbounded-safe)."""
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        run_id: str | None = None,
+        max_chars: int | None = None,
+        principal: str = "",
+    ) -> None:
+        self.session_id = session_id
+        self.run_id = run_id or new_run_id()
+        self.principal = principal
+        self.max_chars = max_chars
+        self._events: list[RunEvent] = []
+        self._parts: list[str] = []
+        self._chars = 0
+        self._joined: str | None = ""
+        self._status = RunStatus.PENDING
+        self._error: str | None = None
+        self._usage: dict[str, Any] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self.created_at = _now()
+        self.updated_at = self.created_at
+        self.completed_at: datetime | None = None
+        self.first_token_at: datetime | None = None
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def status(self) -> RunStatus:
+        """Where the run is in its life cycle."""
+        return self._status
+
+    @property
+    def full_content(self) -> str:
+        """All text the model streamed so far, exactly."""
+        if self._joined is None:
+            self._joined = "".join(self._parts)
+            self._parts = [self._joined] if self._joined else []
+        return self._joined
+
+    @property
+    def content_length(self) -> int:
+        """Characters of text held, without joining them."""
+        return self._chars
+
+    @property
+    def error(self) -> str | None:
+        """Why the run failed, if it did."""
+        return self._error
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """Token usage reported by the upstream, if any."""
+        return self._usage
+
+    @property
+    def last_seq(self) -> int:
+        """The `seq` of the newest event (0 when empty)."""
+        return len(self._events)
+
+    @property
+    def closed(self) -> bool:
+        """True once the `end` event is in the log: readers can finish."""
+        return self._status.is_final
+
+    def _move_to(self, status: RunStatus) -> None:
+        if status not in ALLOWED_TRANSITIONS[self._status]:
+            raise InvalidTransition(
+                f"run {self.run_id} cannot go from {self._status} to {status}",
+                run_id=self.run_id,
+            )
+        logger.debug("run {} {} -> {}", self.run_id, self._status.value, status.value)
+        self._status = status
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _append(
+        self, kind: EventKind, text: str = "", data: Mapping[str, Any] | None = None
+    ) -> None:
+        self._events.append(RunEvent(len(self._events) + 1, kind, text, data))
+        self.updated_at = _now()
+        if self._waiters:
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiters.clear()
+
+    def _require_streaming(self) -> None:
+        if self._status is not RunStatus.STREAMING:
+            raise InvalidTransition(
+                f"run {self.run_id} is {self._status}, not streaming", run_id=self.run_id
+            )
+
+    def start(self) -> None:
+        """Mark the run as streaming: the upstream call is under way."""
+        self._move_to(RunStatus.STREAMING)
+
+    def put_sync(self, chunk: str, metadata: Mapping[str, Any] | None = None) -> None:
+        """Append a text delta. Raises `ReplyTooLong` (after keeping what fits) at the cap."""
+        self._require_streaming()
+        if not chunk:
+            return
+        if self.max_chars is not None and self._chars + len(chunk) > self.max_chars:
+            room = self.max_chars - self._chars
+            if room > 0:
+                self.put_sync(chunk[:room], metadata)
+            raise ReplyTooLong(
+                f"reply exceeded the limit of {self.max_chars} characters",
+                limit=self.max_chars,
+            )
+        if self.first_token_at is None:
+            self.first_token_at = _now()
+            logger.info(
+                "run {} first token after {:.3f}s",
+                self.run_id,
+                (self.first_token_at - self.created_at).total_seconds(),
+            )
+        self._parts.append(chunk)
+        self._chars += len(chunk)
+        self._joined = None
+        self._append(EventKind.DELTA, chunk, metadata)
+
+    async def put(self, chunk: str, metadata: Mapping[str, Any] | None = None) -> None:
+        """Append a text delta (never waits for readers; async for the handoff's callers)."""
+        self.put_sync(chunk, metadata)
+
+    def add_tool_call(self, *, call_id: str, name: str, arguments: str) -> None:
+        """Record that the model called a tool."""
+        self._require_streaming()
+        self._append(
+            EventKind.TOOL_CALL, data={"id": call_id, "name": name, "arguments": arguments}
+        )
+
+    def add_tool_result(self, *, call_id: str, name: str, content: str) -> None:
+        """Record what a tool returned."""
+        self._require_streaming()
+        self._append(
+            EventKind.TOOL_RESULT, data={"tool_call_id": call_id, "name": name, "content": content}
+        )
+
+    def _end(self, status: RunStatus, error: str | None = None) -> None:
+        self._move_to(status)
+        self._error = error
+        self.completed_at = _now()
+        if error is not None:
+            self._append(EventKind.ERROR, data={"message": error})
+        self._append(
+            EventKind.END, data={"status": status.value, "usage": self._usage, "error": error}
+        )
+
+    def set_usage(self, usage: Mapping[str, Any]) -> None:
+        """Remember the upstream's token usage; it goes out with the `end` event."""
+        self._usage = dict(usage)
+
+    def complete(self) -> None:
+        """End the run successfully (call only once the reply is saved)."""
+        self._end(RunStatus.COMPLETED)
+
+    def fail(self, error: str) -> None:
+        """End the run with an error that readers will see."""
+        self._end(RunStatus.FAILED, error)
+
+    def cancel(self) -> None:
+        """End the run because somebody cancelled it."""
+        self._end(RunStatus.CANCELLED)
+
+    def interrupt(self, error: str = "interrupted") -> None:
+        """End the run because the server stopped before it finished."""
+        self._end(RunStatus.INTERRUPTED, error)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def events_after(self, after: int) -> Sequence[RunEvent]:
+        """Every event with `seq > after` that is already in the log."""
+        return self._events[max(after, 0) :]
+
+    async def wait(self, after: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
+        """Wait until the log has an event past `after` or has ended; False on timeout."""
+        if len(self._events) > after or self.closed:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+    async def read_batches(self, after: int = 0) -> AsyncIterator[Sequence[RunEvent]]:
+        """Every event past `after`, in batches of what is available, until the end event."""
+        cursor = after
+        while True:
+            batch = self.events_after(cursor)
+            if batch:
+                cursor = batch[-1].seq
+                yield batch
+                continue
+            if self.closed:
+                return
+            await self.wait(cursor)
+
+    async def read(self, after: int = 0) -> AsyncIterator[RunEvent]:
+        """Every event past `after`, one by one: replay, then live, until the end event."""
+        async for batch in self.read_batches(after):
+            for event in batch:
+                yield event
+
+    async def stream(self) -> AsyncIterator[str]:
+        """The reply's text pieces from the start (the handoff's reader interface)."""
+        async for event in self.read():
+            if event.kind is EventKind.DELTA:
+                yield event.text
+
+    # -- persistence ---------------------------------------------------------------------
+
+    def replay_index(self) -> list[Any]:
+        """The compact form the store keeps: an int per delta (its length), a dict otherwise."""
+        return [
+            len(event.text)
+            if event.kind is EventKind.DELTA
+            else {"kind": event.kind.value, "data": dict(event.data or {})}
+            for event in self._events
+        ]
+
+    @classmethod
+    def from_saved(
+        cls,
+        *,
+        run_id: str,
+        session_id: str,
+        principal: str,
+        status: RunStatus,
+        content: str,
+        error: str | None,
+        usage: Mapping[str, Any] | None,
+        index: Sequence[Any],
+    ) -> StreamBuffer:
+        """Rebuild a finished log from the store, with the live run's sequence numbers."""
+        log = cls(session_id, run_id=run_id, principal=principal)
+        log._status = RunStatus.STREAMING
+        offset = 0
+        ended = False
+        for item in index:
+            if isinstance(item, int):
+                log.put_sync(content[offset : offset + item])
+                offset += item
+            elif isinstance(item, Mapping):
+                entry = cast("Mapping[str, Any]", item)
+                kind = EventKind(entry["kind"])
+                ended = ended or kind is EventKind.END
+                log._append(kind, data=entry.get("data") or {})
+        if offset < len(content):
+            log.put_sync(content[offset:])
+        log._usage = dict(usage) if usage else None
+        log._error = error
+        if not ended and status.is_final:
+            if error is not None:
+                log._append(EventKind.ERROR, data={"message": error})
+            log._append(
+                EventKind.END, data={"status": status.value, "usage": log._usage, "error": error}
+            )
+        log._status = status
+        return log
+
+    def to_dict(self) -> dict[str, Any]:
+        """A summary for logs and debugging."""
+        return {
+            "run_id": self.run_id,
+            "session_id": self.session_id,
+            "status": self._status.value,
+            "content_length": self._chars,
+            "events": len(self._events),
+            "error": self._error,
+            "created_at": self.created_at.isoformat(),
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+        }
+
+
+class StreamBufferManager:
+    """Holds every stream log: active ones until they end, finished ones for a retention period,
+    within bounds on their number and size so memory never grows without limit."""
+
+    def __init__(
+        self,
+        max_buffers: int = 1_000,
+        *,
+        retention_seconds: float = 900.0,
+        max_finished: int = 2_000,
+        max_finished_chars: int = 200_000_000,
+    ) -> None:
+        self.max_buffers = max_buffers
+        self.retention_seconds = retention_seconds
+        self.max_finished = max_finished
+        self.max_finished_chars = max_finished_chars
+        self._buffers: dict[str, StreamBuffer] = {}
+
+    def create(
+        self, session_id: str, max_size: int | None = None, *, run_id: str | None = None
+    ) -> StreamBuffer:
+        """A new log for a new run. Raises `TooManyRuns` when `max_buffers` logs are active."""
+        if self.active_count() >= self.max_buffers:
+            self._cleanup_old_buffers()
+            if self.active_count() >= self.max_buffers:
+                raise TooManyRuns(f"{self.max_buffers} runs are already active; try again later")
+        buffer = StreamBuffer(session_id, run_id=run_id, max_chars=max_size)
+        self._buffers[buffer.run_id] = buffer
+        return buffer
+
+    def add(self, buffer: StreamBuffer) -> None:
+        """Hold a log built elsewhere (for example, rebuilt from the store)."""
+        self._buffers[buffer.run_id] = buffer
+
+    def get(self, run_id: str) -> StreamBuffer | None:
+        """The log of a run, if still held."""
+        return self._buffers.get(run_id)
+
+    def remove(self, run_id: str) -> bool:
+        """Forget a log (cancelling it first if it was still active)."""
+        buffer = self._buffers.pop(run_id, None)
+        if buffer is None:
+            return False
+        if not buffer.closed:
+            if buffer.status is RunStatus.PENDING:
+                buffer.start()
+            buffer.cancel()
+        return True
+
+    def run_ids_of_session(self, session_id: str) -> list[str]:
+        """The runs of one session whose logs are held."""
+        return [b.run_id for b in self._buffers.values() if b.session_id == session_id]
+
+    def active_count(self) -> int:
+        """How many held logs have not ended."""
+        return sum(1 for buffer in self._buffers.values() if not buffer.closed)
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def _cleanup_old_buffers(self, now: datetime | None = None) -> int:
+        """Evict finished logs past retention, then the oldest beyond the count and size caps."""
+        now = now or _now()
+        finished = sorted(
+            (b for b in self._buffers.values() if b.closed and b.completed_at is not None),
+            key=lambda b: b.completed_at or now,
+        )
+        held_chars = sum(b.content_length for b in finished)
+        evicted = 0
+        for index, buffer in enumerate(finished):
+            assert buffer.completed_at is not None
+            expired = (now - buffer.completed_at).total_seconds() >= self.retention_seconds
+            too_many = len(finished) - index > self.max_finished
+            too_big = held_chars > self.max_finished_chars
+            if not (expired or too_many or too_big):
+                break
+            del self._buffers[buffer.run_id]
+            held_chars -= buffer.content_length
+            evicted += 1
+        return evicted
+
+    def evict(self, now: datetime | None = None) -> int:
+        """Run the eviction pass; returns how many logs were dropped."""
+        return self._cleanup_old_buffers(now)

@@ -1,0 +1,120 @@
+"""The one exception tree. Domain code raises these; the HTTP layer maps them once.
+
+MartletError                      500
+├── NotFound                      404
+│   ├── SessionNotFound
+│   └── RunNotFound
+├── Conflict                      409
+│   └── SessionBusy               (carries the active run's id)
+├── InvalidRequest                422
+├── TooManyRuns                   429
+├── ProviderNotConfigured         503
+├── ServiceUnavailable            503
+├── ProviderError                 502  (the upstream failed)
+├── ReplyTooLong                  (ends a run; never reaches HTTP)
+└── InvalidTransition             500  (a bug: a run state changed illegally)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class MartletError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(MartletError):
+    """A thing the client named does not exist (or is not theirs to see)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class SessionNotFound(NotFound):
+    """No such session."""
+
+    code = "session_not_found"
+
+
+class RunNotFound(NotFound):
+    """No such run."""
+
+    code = "run_not_found"
+
+
+class Conflict(MartletError):
+    """The request clashes with the current state."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class SessionBusy(Conflict):
+    """A session already has an active run: one generation at a time per session."""
+
+    code = "session_busy"
+
+    def __init__(self, session_id: str, active_run_id: str) -> None:
+        super().__init__(
+            f"session {session_id} already has an active run {active_run_id}",
+            session_id=session_id,
+            active_run_id=active_run_id,
+        )
+        self.active_run_id = active_run_id
+
+
+class InvalidRequest(MartletError):
+    """The request is well-formed HTTP but asks for something invalid."""
+
+    status_code = 422
+    code = "invalid_request"
+
+
+class TooManyRuns(MartletError):
+    """The gateway holds as many active runs as it is allowed to."""
+
+    status_code = 429
+    code = "too_many_runs"
+
+
+class ProviderNotConfigured(MartletError):
+    """No upstream model is configured, so chat cannot answer."""
+
+    status_code = 503
+    code = "provider_not_configured"
+
+
+class ServiceUnavailable(MartletError):
+    """The gateway cannot take the request now (for example, it is shutting down)."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+class ProviderError(MartletError):
+    """The upstream model failed; the message says how."""
+
+    status_code = 502
+    code = "provider_error"
+
+
+class ReplyTooLong(MartletError):
+    """A reply passed `MARTLET_MAX_REPLY_CHARS`; the run ends keeping what it has."""
+
+    status_code = 500
+    code = "reply_too_long"
+
+
+class InvalidTransition(MartletError):
+    """A run's status was asked to change in a way its life cycle forbids."""
+
+    code = "invalid_transition"

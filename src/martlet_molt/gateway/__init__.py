@@ -1,0 +1,1 @@
+"""The HTTP edge: routes, request and response models, SSE."""

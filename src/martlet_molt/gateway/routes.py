@@ -1,0 +1,249 @@
+"""The HTTP API. Every handler is thin: it validates, asks the run manager or the store, and
+shapes the answer. Streaming handlers only read a run's log; they never own the run."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from sse_starlette import EventSourceResponse
+
+from martlet_molt.config import Settings
+from martlet_molt.core.runs import RunManager, RunView
+from martlet_molt.core.stream_buffer import StreamBuffer
+from martlet_molt.errors import InvalidRequest, SessionNotFound
+from martlet_molt.gateway.schemas import (
+    ChatRequest,
+    ChatResponse,
+    ErrorResponse,
+    HealthResponse,
+    MessageResponse,
+    RunResponse,
+    SessionDetail,
+    SessionPage,
+    SessionSummary,
+)
+from martlet_molt.gateway.sse import SseFormat, sse_response
+
+ANONYMOUS = ""
+"""The principal of every request while API keys are off."""
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (404, 409, 422, 429, 503)
+}
+
+router = APIRouter(responses=ERRORS)
+
+
+def get_runs(request: Request) -> RunManager:
+    """The app's run manager."""
+    runs: RunManager = request.app.state.runs
+    return runs
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_principal() -> str:
+    """Who is asking; every session and run belongs to one principal."""
+    return ANONYMOUS
+
+
+Runs = Annotated[RunManager, Depends(get_runs)]
+CurrentSettings = Annotated[Settings, Depends(get_settings)]
+Principal = Annotated[str, Depends(get_principal)]
+WireFormat = Annotated[SseFormat, Query(alias="format", description="`text` or `json`.")]
+
+
+async def _start(
+    body: ChatRequest, runs: RunManager, settings: Settings, principal: str
+) -> StreamBuffer:
+    if len(body.message) > settings.max_message_chars:
+        raise InvalidRequest(
+            f"message is {len(body.message)} characters; the limit is {settings.max_message_chars}"
+        )
+    return await runs.start(
+        message=body.message,
+        principal=principal,
+        session_id=body.session_id,
+        client_request_id=body.client_request_id,
+    )
+
+
+@router.post("/chat", response_model=ChatResponse)
+async def chat(
+    body: ChatRequest, runs: Runs, settings: CurrentSettings, principal: Principal
+) -> ChatResponse:
+    """Answer a message and return the whole reply. The run goes on (and is saved) even if
+    this request is abandoned."""
+    log = await _start(body, runs, settings, principal)
+    while not log.closed:
+        await log.wait(log.last_seq)
+    return ChatResponse(
+        session_id=log.session_id,
+        run_id=log.run_id,
+        reply=log.full_content,
+        status=log.status,
+        error=log.error,
+    )
+
+
+@router.post("/chat/stream", response_class=EventSourceResponse)
+async def chat_stream(
+    body: ChatRequest,
+    runs: Runs,
+    settings: CurrentSettings,
+    principal: Principal,
+    wire_format: WireFormat = SseFormat.TEXT,
+) -> EventSourceResponse:
+    """Answer a message as a stream. The response only reads the run: dropping it loses
+    nothing, and `GET /runs/{run_id}/stream` picks up where it left off."""
+    log = await _start(body, runs, settings, principal)
+    return sse_response(
+        log,
+        after=0,
+        wire_format=wire_format,
+        ping_seconds=settings.sse_ping_seconds,
+        headers={"X-Session-Id": log.session_id, "X-Run-Id": log.run_id},
+    )
+
+
+def _run_response(view: RunView) -> RunResponse:
+    return RunResponse(
+        run_id=view.run_id,
+        session_id=view.session_id,
+        status=view.status,
+        content=view.content,
+        error=view.error,
+        created_at=view.created_at,
+        updated_at=view.updated_at,
+        completed_at=view.completed_at,
+        usage=view.usage,
+    )
+
+
+@router.get("/runs/{run_id}", response_model=RunResponse)
+async def get_run(run_id: str, runs: Runs, principal: Principal) -> RunResponse:
+    """A run's status and its reply so far."""
+    return _run_response(await runs.get_run(run_id, principal))
+
+
+def _resume_point(after: int | None, last_event_id: str | None) -> int:
+    """Where a reader resumes: the later of `?after=` and `Last-Event-ID`."""
+    point = after or 0
+    if last_event_id is not None and last_event_id.strip():
+        value = last_event_id.strip()
+        if not value.isdigit():
+            raise InvalidRequest(f"Last-Event-ID must be a non-negative integer, got {value!r}")
+        point = max(point, int(value))
+    return point
+
+
+@router.get("/runs/{run_id}/stream", response_class=EventSourceResponse)
+async def stream_run(
+    run_id: str,
+    runs: Runs,
+    settings: CurrentSettings,
+    principal: Principal,
+    wire_format: WireFormat = SseFormat.TEXT,
+    after: Annotated[int | None, Query(ge=0, description="Send events with seq > after.")] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    """A run's events: replayed from `after` (or `Last-Event-ID`), then live, until its end."""
+    log = await runs.get_log(run_id, principal)
+    point = _resume_point(after, last_event_id)
+    if point > log.last_seq:
+        raise InvalidRequest(
+            f"cannot resume after event {point}: run {run_id} has {log.last_seq} events so far",
+            last_seq=log.last_seq,
+        )
+    return sse_response(
+        log,
+        after=point,
+        wire_format=wire_format,
+        ping_seconds=settings.sse_ping_seconds,
+        headers={"X-Session-Id": log.session_id, "X-Run-Id": log.run_id},
+    )
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunResponse)
+async def cancel_run(run_id: str, runs: Runs, principal: Principal) -> RunResponse:
+    """Stop a run: the upstream request is closed and the partial reply saved. Cancelling a
+    finished run returns it unchanged."""
+    return _run_response(await runs.cancel(run_id, principal))
+
+
+@router.get("/sessions", response_model=SessionPage)
+async def list_sessions(
+    runs: Runs,
+    principal: Principal,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SessionPage:
+    """The caller's sessions, most recently active first."""
+    sessions, total = await runs.store.list_sessions(
+        principal=principal, limit=limit, offset=offset
+    )
+    return SessionPage(
+        sessions=[
+            SessionSummary(
+                session_id=s.session_id,
+                created_at=s.created_at,
+                updated_at=s.updated_at,
+                active_run_id=runs.active_run_id(s.session_id),
+            )
+            for s in sessions
+        ],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/sessions/{session_id}", response_model=SessionDetail)
+async def get_session(session_id: str, runs: Runs, principal: Principal) -> SessionDetail:
+    """A session's whole history, and its active run if one is streaming."""
+    session = await runs.store.get_session(session_id)
+    if session is None or session.principal != principal:
+        raise SessionNotFound(f"session {session_id} not found")
+    messages = await runs.store.list_messages(session_id)
+    return SessionDetail(
+        session_id=session.session_id,
+        created_at=session.created_at,
+        updated_at=session.updated_at,
+        active_run_id=runs.active_run_id(session_id),
+        messages=[
+            MessageResponse(
+                role=m.role,
+                content=m.content,
+                status=m.status,
+                run_id=m.run_id,
+                created_at=m.created_at,
+                tool_calls=m.tool_calls,
+                tool_call_id=m.tool_call_id,
+                name=m.name,
+            )
+            for m in messages
+        ],
+    )
+
+
+@router.delete("/sessions/{session_id}", status_code=204)
+async def delete_session(session_id: str, runs: Runs, principal: Principal) -> Response:
+    """Delete a session, cancelling its active run first."""
+    await runs.delete_session(session_id, principal)
+    return Response(status_code=204)
+
+
+@router.get("/healthz", response_model=HealthResponse)
+async def healthz(runs: Runs) -> HealthResponse:
+    """The process is up; says which provider and model answer."""
+    provider = runs.provider
+    return HealthResponse(
+        status="ok",
+        provider=provider.name if provider else None,
+        model=provider.model if provider else None,
+    )

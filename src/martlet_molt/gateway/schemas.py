@@ -1,0 +1,119 @@
+"""Request and response bodies at the HTTP edge (pydantic; plain dataclasses live inside)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from martlet_molt.core.session import SESSION_ID_PATTERN
+from martlet_molt.core.status import RunStatus
+
+CLIENT_REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+class ChatRequest(BaseModel):
+    """A user message for a session (a new session when `session_id` is omitted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1, description="The user's message.")
+    session_id: str | None = Field(
+        default=None, pattern=SESSION_ID_PATTERN, description="Omit to start a new session."
+    )
+    client_request_id: str | None = Field(
+        default=None,
+        pattern=CLIENT_REQUEST_ID_PATTERN,
+        description="Retrying with the same id attaches to the run it started.",
+    )
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("message must not be blank")
+        return value
+
+
+class ChatResponse(BaseModel):
+    """The outcome of a whole run, for clients that do not stream."""
+
+    session_id: str
+    run_id: str
+    reply: str
+    status: RunStatus
+    error: str | None = None
+
+
+class RunResponse(BaseModel):
+    """A run's state and its reply so far."""
+
+    run_id: str
+    session_id: str
+    status: RunStatus
+    content: str
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    usage: dict[str, Any] | None
+
+
+class MessageResponse(BaseModel):
+    """One saved message of a session."""
+
+    role: str
+    content: str
+    status: RunStatus
+    run_id: str | None
+    created_at: datetime
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class SessionSummary(BaseModel):
+    """A session in a listing."""
+
+    session_id: str
+    created_at: datetime
+    updated_at: datetime
+    active_run_id: str | None
+
+
+class SessionDetail(SessionSummary):
+    """A session with its whole history."""
+
+    messages: list[MessageResponse]
+
+
+class SessionPage(BaseModel):
+    """One page of sessions."""
+
+    sessions: list[SessionSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, for humans and programs."""
+
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer has this shape."""
+
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    """Liveness and what answers."""
+
+    status: str
+    provider: str | None
+    model: str | None

@@ -1,0 +1,137 @@
+"""Server-Sent Events: how stream log events go on the wire, in two formats.
+
+`text` is the handoff's format, so its frontend needs no change: each delta is one event whose
+text sits in `data:` lines split at every line break, which an EventSource joins back with
+`\\n`; the end is `data: [DONE]`, a failure `data: [ERROR] <reason>`. `json` carries every
+event kind, with text exact to the character (JSON escapes line breaks). Both give each event
+`id: <seq>` so a client resumes with `Last-Event-ID`.
+
+A reader writes everything available in one send (one batch per wake-up), never one send per
+token, and keeps the connection alive with `: ping` comments while the run is silent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from enum import StrEnum
+
+from loguru import logger
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from martlet_molt.core.stream_buffer import EventKind, RunEvent, StreamBuffer
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class SseFormat(StrEnum):
+    """The wire formats a reader can ask for with `?format=`."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+def _data_lines(text: str) -> str:
+    if "\n" not in text and "\r" not in text:
+        return f"data: {text}\n"
+    return "".join(f"data: {line}\n" for line in _LINE_BREAK.split(text))
+
+
+def _one_line(text: str) -> str:
+    return _LINE_BREAK.sub(" ", text)
+
+
+def _end_reason(event: RunEvent) -> str | None:
+    """None for a successful end, else the reason readers are given."""
+    data = event.data or {}
+    if data.get("status") == "completed":
+        return None
+    return str(data.get("error") or data.get("status") or "failed")
+
+
+def encode_text(events: Sequence[RunEvent]) -> str:
+    """The handoff's format: text deltas, then `[DONE]` or `[ERROR] <reason>`."""
+    parts: list[str] = []
+    for event in events:
+        if event.kind is EventKind.DELTA:
+            parts.append(f"id: {event.seq}\n{_data_lines(event.text)}\n")
+        elif event.kind is EventKind.END:
+            reason = _end_reason(event)
+            marker = "[DONE]" if reason is None else f"[ERROR] {_one_line(reason)}"
+            parts.append(f"id: {event.seq}\ndata: {marker}\n\n")
+    return "".join(parts)
+
+
+def _json(payload: object) -> str:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_json(events: Sequence[RunEvent]) -> str:
+    """Every event kind as a named event with a JSON body; the last one is `done`."""
+    parts: list[str] = []
+    for event in events:
+        if event.kind is EventKind.DELTA:
+            body = _json({"text": event.text})
+            parts.append(f"id: {event.seq}\nevent: delta\ndata: {body}\n\n")
+        elif event.kind is EventKind.END:
+            data = event.data or {}
+            body = _json(
+                {
+                    "status": data.get("status"),
+                    "usage": data.get("usage"),
+                    "error": data.get("error"),
+                }
+            )
+            parts.append(f"id: {event.seq}\nevent: done\ndata: {body}\n\n")
+        else:
+            body = _json(dict(event.data or {}))
+            parts.append(f"id: {event.seq}\nevent: {event.kind.value}\ndata: {body}\n\n")
+    return "".join(parts)
+
+
+ENCODERS: dict[SseFormat, Callable[[Sequence[RunEvent]], str]] = {
+    SseFormat.TEXT: encode_text,
+    SseFormat.JSON: encode_json,
+}
+
+
+async def _events(log: StreamBuffer, after: int, wire_format: SseFormat) -> AsyncIterator[bytes]:
+    encode = ENCODERS[wire_format]
+    logger.info("reader connected to run {} after seq {}", log.run_id, after)
+    finished = False
+    try:
+        async for batch in log.read_batches(after):
+            payload = encode(batch)
+            if payload:
+                yield payload.encode()
+        finished = True
+    finally:
+        if finished:
+            logger.info("reader of run {} got the end", log.run_id)
+        else:
+            logger.info("reader of run {} disconnected", log.run_id)
+
+
+def _ping() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping")
+
+
+def sse_response(
+    log: StreamBuffer,
+    *,
+    after: int,
+    wire_format: SseFormat,
+    ping_seconds: float,
+    headers: dict[str, str] | None = None,
+) -> EventSourceResponse:
+    """An SSE response reading `log` from `after`: replay, then live, until the end event."""
+    return EventSourceResponse(
+        _events(log, after, wire_format),
+        headers={**SSE_HEADERS, **(headers or {})},
+        ping=ping_seconds,
+        ping_message_factory=_ping,
+        sep="\n",
+    )

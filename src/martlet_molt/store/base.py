@@ -1,0 +1,165 @@
+"""What the gateway keeps: sessions, their messages, and runs. One protocol, many backends.
+
+Records are plain frozen dataclasses; timestamps are timezone-aware UTC datetimes. A run's
+`events` is the compact replay index of its stream log (see `core.stream_buffer.EventIndex`):
+a JSON-serialisable list where an int is a text delta of that many characters of `content`
+and an object is any other event. It lets a resume after the in-memory log is evicted answer
+with the same sequence numbers as the live run did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from martlet_molt.core.status import RunStatus
+
+JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A conversation: an ordered list of messages owned by one principal."""
+
+    session_id: str
+    principal: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message about to be saved. `tool_calls` is OpenAI's list for an assistant turn that
+    called tools; `tool_call_id` and `name` belong to a tool result."""
+
+    role: str
+    content: str
+    status: RunStatus = RunStatus.COMPLETED
+    run_id: str | None = None
+    tool_calls: list[JsonObject] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A saved message; `message_id` orders messages within a session."""
+
+    message_id: int
+    session_id: str
+    role: str
+    content: str
+    status: RunStatus
+    run_id: str | None
+    created_at: datetime
+    tool_calls: list[JsonObject] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """A run as saved: the reply so far (or final), its status and what it cost."""
+
+    run_id: str
+    session_id: str
+    principal: str
+    status: RunStatus
+    content: str
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    usage: JsonObject | None = None
+    events: list[Any] = field(default_factory=list[Any])
+    client_request_id: str | None = None
+
+
+class Store(Protocol):
+    """The persistence the gateway needs, nothing more. Every method is one transaction."""
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the database cannot be reached."""
+        ...
+
+    async def start_run(
+        self,
+        *,
+        session_id: str,
+        principal: str,
+        run_id: str,
+        user_message: str,
+        client_request_id: str | None = None,
+    ) -> RunRecord:
+        """Create the session if new, save the user message and a `pending` run, atomically."""
+        ...
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run, or None."""
+        ...
+
+    async def find_run_by_request(
+        self, *, session_id: str, client_request_id: str
+    ) -> RunRecord | None:
+        """The run a client already started with this request id on this session, or None."""
+        ...
+
+    async def set_run_status(self, run_id: str, status: RunStatus) -> None:
+        """Move a run along (pending -> streaming) without finishing it."""
+        ...
+
+    async def checkpoint_run(self, run_id: str, *, content: str, events: list[Any]) -> None:
+        """Save the partial reply of a live run."""
+        ...
+
+    async def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus,
+        content: str,
+        error: str | None,
+        usage: JsonObject | None,
+        events: list[Any],
+        messages: list[NewMessage],
+    ) -> RunRecord:
+        """Save a run's final state and its new messages (tool turns, the reply) atomically."""
+        ...
+
+    async def unfinished_runs(self) -> list[RunRecord]:
+        """Runs still `pending` or `streaming` (after a crash: runs nobody is running)."""
+        ...
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session, or None."""
+        ...
+
+    async def list_sessions(
+        self, *, principal: str, limit: int, offset: int
+    ) -> tuple[list[SessionRecord], int]:
+        """One page of a principal's sessions, most recently updated first, and the total."""
+        ...
+
+    async def list_messages(self, session_id: str) -> list[MessageRecord]:
+        """A session's messages in order."""
+        ...
+
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete a session with its messages and runs; False if it did not exist."""
+        ...
+
+
+def create_store(url: str) -> Store:
+    """Pick the backend for a SQLAlchemy URL (SQLite or PostgreSQL); import it lazily."""
+    from martlet_molt.store.sql import SqlStore
+
+    return SqlStore(url)
