@@ -42,9 +42,7 @@ GatewayFactory = Callable[..., GatewayServer]
 
 
 @pytest.fixture
-def make_gateway(
-    upstream: FakeUpstream, model: str, tmp_path: Path
-) -> Iterator[GatewayFactory]:
+def make_gateway(upstream: FakeUpstream, model: str, tmp_path: Path) -> Iterator[GatewayFactory]:
     """Start real gateways (SQLite in tmp_path, pointed at the fake upstream); all stop at
     the end of the test."""
     started: list[GatewayServer] = []

@@ -10,7 +10,9 @@ from tests.sse_client import read_sse
 
 
 @pytest.mark.asyncio
-async def test_chat_stream_round_trip(gateway: GatewayServer, upstream: FakeUpstream, model: str) -> None:
+async def test_chat_stream_round_trip(
+    gateway: GatewayServer, upstream: FakeUpstream, model: str
+) -> None:
     sent = script(upstream, model, tokens=["Hello", " wor", "ld\nline2"])
     async with httpx.AsyncClient(base_url=gateway.url, timeout=10) as client:
         stream = await read_sse(client, "POST", "/chat/stream", json_body={"message": "hi"})
