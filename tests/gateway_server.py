@@ -1,4 +1,5 @@
-"""A real gateway for tests: `create_app(settings)` under uvicorn on 127.0.0.1, in a thread."""
+"""A real gateway for tests: `create_app(settings)` served by the product's own server class on
+127.0.0.1, in a background thread."""
 
 from __future__ import annotations
 
@@ -7,24 +8,23 @@ import socket
 import threading
 from types import TracebackType
 
-import uvicorn
-
 from martlet_molt.app import create_app
 from martlet_molt.config import Settings
+from martlet_molt.server import GatewayServer as ProductServer
 
 
-class _Server(uvicorn.Server):
-    """Uvicorn that tells us when it is ready and does not touch signal handlers."""
+class _ThreadedServer(ProductServer):
+    """The product's server, reporting readiness and leaving signals to the test runner."""
 
-    def __init__(self, config: uvicorn.Config, ready: threading.Event) -> None:
-        super().__init__(config)
+    def __init__(self, settings: Settings, ready: threading.Event) -> None:
+        super().__init__(create_app(settings))
         self._ready_event = ready
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         self._ready_event.set()
 
-    def install_signal_handlers(self) -> None:  # the test runner owns signals
+    def install_signal_handlers(self) -> None:
         return
 
 
@@ -33,16 +33,13 @@ class GatewayServer:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.app = create_app(settings)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
         self._ready = threading.Event()
-        config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, timeout_graceful_shutdown=5
-        )
-        self._server = _Server(config, self._ready)
+        self._server = _ThreadedServer(settings, self._ready)
+        self.app = self._server.app
         self._thread: threading.Thread | None = None
 
     @property
@@ -63,7 +60,7 @@ class GatewayServer:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Shut down like SIGTERM would and wait for the thread."""
+        """Shut down as SIGTERM would and wait for the thread."""
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)

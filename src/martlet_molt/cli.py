@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from martlet_molt.app import create_app
 from martlet_molt.config import Settings
 from martlet_molt.logs import configure_logging
+from martlet_molt.server import GatewayServer
 
 cli = typer.Typer(help="martlet_molt: a chat gateway whose replies survive the connection.")
 
@@ -22,8 +22,7 @@ def serve(
     """Run the gateway."""
     settings = Settings()
     configure_logging(settings.log_level)
-    app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+    GatewayServer(create_app(settings), host=host, port=port).run()
 
 
 @cli.command()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 
 class _InterceptHandler(logging.Handler):
@@ -19,17 +23,24 @@ class _InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
+_BASE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
+
+
+def _format(record: Record) -> str:
+    """Lines logged inside a run or a reader carry its session id (run ids are in the text)."""
+    if "session_id" in record["extra"]:
+        return _BASE_FORMAT + " | session={extra[session_id]}\n{exception}"
+    return _BASE_FORMAT + "\n{exception}"
+
+
 def configure_logging(level: str = "INFO") -> None:
     """One format for everything the process logs; DEBUG only when asked for."""
     logger.remove()
-    logger.add(
-        sys.stderr,
-        level=level.upper(),
-        format="{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}",
-        backtrace=False,
-        diagnose=False,
-    )
+    logger.add(sys.stderr, level=level.upper(), format=_format, backtrace=False, diagnose=False)
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers = [_InterceptHandler()]
         logging.getLogger(name).propagate = False
+    # The HTTP clients log every upstream request at INFO; runs already log theirs.
+    for name in ("httpx", "httpx2", "openai"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -210,6 +210,10 @@ class RunManager:
 
     async def _drive(self, log: StreamBuffer, agent: Agent) -> None:
         """Stream, then save, then end the log: in that order, whatever happens."""
+        with logger.contextualize(session_id=log.session_id):
+            await self._stream_then_save(log, agent)
+
+    async def _stream_then_save(self, log: StreamBuffer, agent: Agent) -> None:
         started = time.monotonic()
         status, error = RunStatus.COMPLETED, None
         try:

@@ -100,7 +100,8 @@ ENCODERS: dict[SseFormat, Callable[[Sequence[RunEvent]], str]] = {
 
 async def _events(log: StreamBuffer, after: int, wire_format: SseFormat) -> AsyncIterator[bytes]:
     encode = ENCODERS[wire_format]
-    logger.info("reader connected to run {} after seq {}", log.run_id, after)
+    reader_logger = logger.bind(session_id=log.session_id)
+    reader_logger.info("reader connected to run {} after seq {}", log.run_id, after)
     finished = False
     try:
         async for batch in log.read_batches(after):
@@ -110,9 +111,9 @@ async def _events(log: StreamBuffer, after: int, wire_format: SseFormat) -> Asyn
         finished = True
     finally:
         if finished:
-            logger.info("reader of run {} got the end", log.run_id)
+            reader_logger.info("reader of run {} got the end", log.run_id)
         else:
-            logger.info("reader of run {} disconnected", log.run_id)
+            reader_logger.info("reader of run {} disconnected", log.run_id)
 
 
 def _ping() -> ServerSentEvent:

@@ -1,0 +1,43 @@
+"""Uvicorn, taught that a server's open SSE readers end when their runs end.
+
+Plain uvicorn, on SIGTERM, first waits for open connections and only then runs the app's
+shutdown; an SSE reader never closes by itself, so that wait would never end (or end by cutting
+readers off). Here the run manager drains first: new runs are refused, running ones get the
+grace period, the rest are interrupted with their partial replies saved; every reader receives
+its end event and its connection finishes; then uvicorn shuts down as usual.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+from fastapi import FastAPI
+
+from martlet_molt.core.runs import RunManager
+
+# After the drain, connections still open (idle keep-alives, slow clients) get this long.
+CONNECTION_CLOSE_SECONDS = 5.0
+
+
+class GatewayServer(uvicorn.Server):
+    """A uvicorn server that drains runs before it closes connections."""
+
+    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 8001) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(CONNECTION_CLOSE_SECONDS),
+        )
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Drain runs (readers get their end events), then shut down as uvicorn does."""
+        runs: RunManager | None = getattr(self.app.state, "runs", None)
+        if runs is not None:
+            await runs.close()
+        await super().shutdown(sockets)
