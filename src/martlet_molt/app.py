@@ -34,6 +34,8 @@ def build_provider(settings: Settings) -> Provider | None:
         api_key=settings.openai_api_key,
         base_url=settings.openai_base_url,
         timeout=settings.upstream_timeout_seconds,
+        idle_timeout=settings.upstream_idle_timeout_seconds,
+        max_retries=settings.upstream_max_retries,
     )
 
 

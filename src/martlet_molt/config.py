@@ -37,7 +37,18 @@ class Settings(BaseSettings):
         description="Comma-separated built-in tools to enable: current_time, calculator.",
     )
     max_tool_rounds: int = Field(default=8, ge=1, le=64)
-    upstream_timeout_seconds: float = Field(default=600.0, gt=0)
+    upstream_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Connect and send timeout towards the upstream."
+    )
+    upstream_idle_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="Longest the upstream may send no byte at all."
+    )
+    upstream_max_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Retries of 429, 5xx and connection errors before the stream starts.",
+    )
 
     # Store.
     database_url: str = DEFAULT_DATABASE_URL
@@ -53,6 +64,9 @@ class Settings(BaseSettings):
         default=200_000_000, ge=1, description="Characters held by finished logs at most."
     )
     eviction_interval_seconds: float = Field(default=5.0, gt=0)
+    checkpoint_seconds: float = Field(
+        default=1.0, gt=0, description="Partial replies reach the store at most this late."
+    )
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
     # HTTP edge.

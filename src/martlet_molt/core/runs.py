@@ -37,7 +37,7 @@ from martlet_molt.errors import (
     SessionNotFound,
 )
 from martlet_molt.providers.base import Provider
-from martlet_molt.store.base import RunRecord, Store
+from martlet_molt.store.base import Checkpoint, RunRecord, Store
 
 PROVIDER_HINT = (
     "no model provider is configured: set OPENAI_API_KEY (and optionally OPENAI_BASE_URL) "
@@ -116,13 +116,18 @@ class RunManager:
         self._cancelling: set[str] = set()
         self._accepting = True
         self._shutting_down = False
-        self._evictor: asyncio.Task[None] | None = None
+        self._by_request: dict[tuple[str, str, str], str] = {}
+        self._checkpointed: dict[str, int] = {}
+        self._chores: list[asyncio.Task[None]] = []
 
     # -- life cycle ----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Start the periodic eviction of finished logs."""
-        self._evictor = asyncio.create_task(self._evict_periodically(), name="log eviction")
+        """Start the periodic chores: checkpoints of live runs, eviction of finished logs."""
+        self._chores = [
+            asyncio.create_task(self._checkpoint_periodically(), name="checkpoints"),
+            asyncio.create_task(self._evict_periodically(), name="log eviction"),
+        ]
 
     async def _evict_periodically(self) -> None:
         while True:
@@ -130,6 +135,35 @@ class RunManager:
             evicted = self.logs.evict()
             if evicted:
                 logger.debug("evicted {} finished stream logs", evicted)
+
+    async def _checkpoint_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.checkpoint_seconds)
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Write the partial reply of every run that grew since its last checkpoint, in one
+        batch (never a write per token)."""
+        batch: list[Checkpoint] = []
+        seqs: dict[str, int] = {}
+        for run_id in list(self._tasks):
+            log = self.logs.get(run_id)
+            if log is None or log.status is not RunStatus.STREAMING:
+                continue
+            if self._checkpointed.get(run_id) == log.last_seq:
+                continue
+            batch.append(Checkpoint(run_id, log.full_content, log.replay_index()))
+            seqs[run_id] = log.last_seq
+        if not batch:
+            return
+        try:
+            await self.store.checkpoint_runs(batch)
+        except Exception as exc:
+            logger.opt(exception=exc).error("checkpoint of {} runs failed", len(batch))
+            return
+        for run_id, seq in seqs.items():
+            if run_id in self._tasks:
+                self._checkpointed[run_id] = seq
 
     async def close(self, grace_seconds: float | None = None) -> None:
         """Stop taking runs, let running ones finish within the grace period, interrupt the
@@ -145,10 +179,11 @@ class RunManager:
                 for run_id in list(self._tasks):
                     self._cancel_task(run_id)
                 await asyncio.wait(still_running)
-        if self._evictor is not None:
-            self._evictor.cancel()
+        for chore in self._chores:
+            chore.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._evictor
+                await chore
+        self._chores = []
 
     # -- starting ------------------------------------------------------------------------
 
@@ -165,6 +200,12 @@ class RunManager:
             raise ServiceUnavailable("the gateway is shutting down; try again shortly")
         if self.provider is None:
             raise ProviderNotConfigured(PROVIDER_HINT)
+        request_key = None
+        if client_request_id is not None:
+            request_key = (principal, session_id or "", client_request_id)
+            existing = await self._find_started(request_key)
+            if existing is not None:
+                return existing
         session_id = session_id or new_session_id()
         active = self._active_by_session.get(session_id)
         if active is not None:
@@ -173,6 +214,8 @@ class RunManager:
         log = self.logs.create(session_id, self.settings.max_reply_chars, run_id=run_id)
         log.principal = principal
         self._active_by_session[session_id] = run_id
+        if request_key is not None:
+            self._by_request[request_key] = run_id
         try:
             session = await self.store.get_session(session_id)
             if session is not None and session.principal != principal:
@@ -186,6 +229,8 @@ class RunManager:
             )
         except BaseException:
             self._active_by_session.pop(session_id, None)
+            if request_key is not None:
+                self._by_request.pop(request_key, None)
             self.logs.remove(run_id)
             raise
         agent = Agent(self.provider, self.tools, max_rounds=self.settings.max_tool_rounds)
@@ -197,12 +242,27 @@ class RunManager:
         )
         return log
 
+    async def _find_started(self, request_key: tuple[str, str, str]) -> StreamBuffer | None:
+        """The run a retried request already started (in memory, else in the store)."""
+        principal, session_id, client_request_id = request_key
+        run_id = self._by_request.get(request_key)
+        if run_id is None and session_id:
+            record = await self.store.find_run_by_request(
+                session_id=session_id, client_request_id=client_request_id
+            )
+            run_id = record.run_id if record is not None else self._by_request.get(request_key)
+        if run_id is None:
+            return None
+        logger.info("request {} attaches to its run {}", client_request_id, run_id)
+        return await self.get_log(run_id, principal)
+
     def _collect(self, task: asyncio.Task[None]) -> None:
         """Drop a finished task and surface anything it raised that `_drive` did not handle."""
         for run_id, held in list(self._tasks.items()):
             if held is task:
                 del self._tasks[run_id]
                 self._cancelling.discard(run_id)
+                self._checkpointed.pop(run_id, None)
         if not task.cancelled() and task.exception() is not None:
             logger.opt(exception=task.exception()).error("run task {} crashed", task.get_name())
 
@@ -260,6 +320,8 @@ class RunManager:
         """Free the session for its next run, then tell the readers (no await between)."""
         if self._active_by_session.get(log.session_id) == log.run_id:
             del self._active_by_session[log.session_id]
+        for key in [k for k, run_id in self._by_request.items() if run_id == log.run_id]:
+            del self._by_request[key]
         if status is RunStatus.COMPLETED:
             log.complete()
         elif status is RunStatus.CANCELLED:

@@ -74,6 +74,7 @@ class StreamBuffer:
         self.principal = principal
         self.max_chars = max_chars
         self._events: list[RunEvent] = []
+        self._index: list[Any] = []
         self._parts: list[str] = []
         self._chars = 0
         self._joined: str | None = ""
@@ -141,6 +142,9 @@ class StreamBuffer:
         self, kind: EventKind, text: str = "", data: Mapping[str, Any] | None = None
     ) -> None:
         self._events.append(RunEvent(len(self._events) + 1, kind, text, data))
+        self._index.append(
+            len(text) if kind is EventKind.DELTA else {"kind": kind.value, "data": dict(data or {})}
+        )
         self.updated_at = _now()
         if self._waiters:
             for waiter in self._waiters:
@@ -281,12 +285,7 @@ class StreamBuffer:
 
     def replay_index(self) -> list[Any]:
         """The compact form the store keeps: an int per delta (its length), a dict otherwise."""
-        return [
-            len(event.text)
-            if event.kind is EventKind.DELTA
-            else {"kind": event.kind.value, "data": dict(event.data or {})}
-            for event in self._events
-        ]
+        return list(self._index)
 
     @classmethod
     def from_saved(

@@ -32,6 +32,9 @@ ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (404, 409, 422, 429, 503)
 }
 
+MAX_SEQ_DIGITS = 18
+"""A `seq` fits in 18 digits; longer ids are rejected before any conversion."""
+
 router = APIRouter(responses=ERRORS)
 
 
@@ -136,7 +139,7 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int:
     point = after or 0
     if last_event_id is not None and last_event_id.strip():
         value = last_event_id.strip()
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit() and len(value) <= MAX_SEQ_DIGITS):
             raise InvalidRequest(f"Last-Event-ID must be a non-negative integer, got {value!r}")
         point = max(point, int(value))
     return point

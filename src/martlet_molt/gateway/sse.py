@@ -52,12 +52,25 @@ def _end_reason(event: RunEvent) -> str | None:
     return str(data.get("error") or data.get("status") or "failed")
 
 
+def _looks_like_a_marker(text: str) -> bool:
+    return text == "[DONE]" or text.startswith("[ERROR]")
+
+
 def encode_text(events: Sequence[RunEvent]) -> str:
-    """The handoff's format: text deltas, then `[DONE]` or `[ERROR] <reason>`."""
+    """The handoff's format: text deltas, then `[DONE]` or `[ERROR] <reason>`.
+
+    A delta that would read as a marker (the model wrote `[DONE]`) goes out as two events,
+    `[` and the rest, so no client mistakes it for the end; joined, the text is unchanged.
+    Only the second carries the id, so a resume never skips a part.
+    """
     parts: list[str] = []
     for event in events:
         if event.kind is EventKind.DELTA:
-            parts.append(f"id: {event.seq}\n{_data_lines(event.text)}\n")
+            text = event.text
+            if _looks_like_a_marker(text):
+                parts.append(f"{_data_lines(text[:1])}\n")
+                text = text[1:]
+            parts.append(f"id: {event.seq}\n{_data_lines(text)}\n")
         elif event.kind is EventKind.END:
             reason = _end_reason(event)
             marker = "[DONE]" if reason is None else f"[ERROR] {_one_line(reason)}"

@@ -35,13 +35,16 @@ class OpenAIProvider:
         api_key: str | None = None,
         base_url: str | None = None,
         timeout: float = 600.0,
+        idle_timeout: float = 120.0,
         max_retries: int = 2,
     ) -> None:
         self._model = model
+        # The SDK retries 429, 5xx and connection errors with backoff, honouring Retry-After,
+        # before a response starts; the read timeout bounds silence between any two bytes.
         self._client = AsyncOpenAI(
             api_key=api_key or PLACEHOLDER_API_KEY,
             base_url=base_url,
-            timeout=timeout,
+            timeout=openai.Timeout(timeout, read=idle_timeout),
             max_retries=max_retries,
         )
 
@@ -94,12 +97,26 @@ class OpenAIProvider:
                         yield FinishDelta(choice.finish_reason)
         except openai.APIError as exc:
             raise ProviderError(_describe(exc)) from exc
+        except ValueError as exc:  # the SDK's JSON decoding of a chunk
+            raise ProviderError(f"upstream sent a malformed chunk: {exc}") from exc
+        except Exception as exc:
+            raise ProviderError(_describe_transport(exc)) from exc
         finally:
             await upstream.close()
 
     async def aclose(self) -> None:
         """Close the SDK's HTTP client."""
         await self._client.close()
+
+
+def _describe_transport(exc: Exception) -> str:
+    """The SDK lets its HTTP client's errors through mid-stream; name the common ones."""
+    kind = type(exc).__name__
+    if kind == "ReadTimeout":
+        return "upstream went silent for longer than the idle timeout"
+    if kind in ("RemoteProtocolError", "ReadError", "ConnectError", "NetworkError"):
+        return f"upstream connection dropped mid-stream ({kind})"
+    return f"upstream stream failed: {kind}: {exc}"
 
 
 def _describe(exc: openai.APIError) -> str:

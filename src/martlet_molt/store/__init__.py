@@ -1,6 +1,7 @@
 """Persistence of sessions, messages and runs behind one small protocol."""
 
 from martlet_molt.store.base import (
+    Checkpoint,
     MessageRecord,
     NewMessage,
     RunRecord,
@@ -9,4 +10,12 @@ from martlet_molt.store.base import (
     create_store,
 )
 
-__all__ = ["MessageRecord", "NewMessage", "RunRecord", "SessionRecord", "Store", "create_store"]
+__all__ = [
+    "Checkpoint",
+    "MessageRecord",
+    "NewMessage",
+    "RunRecord",
+    "SessionRecord",
+    "Store",
+    "create_store",
+]

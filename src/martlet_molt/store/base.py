@@ -9,6 +9,7 @@ with the same sequence numbers as the live run did.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -76,6 +77,15 @@ class RunRecord:
     client_request_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The partial reply of a live run, as of now."""
+
+    run_id: str
+    content: str
+    events: list[Any]
+
+
 class Store(Protocol):
     """The persistence the gateway needs, nothing more. Every method is one transaction."""
 
@@ -119,6 +129,11 @@ class Store(Protocol):
 
     async def checkpoint_run(self, run_id: str, *, content: str, events: list[Any]) -> None:
         """Save the partial reply of a live run."""
+        ...
+
+    async def checkpoint_runs(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Save the partial replies of many live runs in one transaction; final runs are
+        never overwritten."""
         ...
 
     async def finish_run(

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Insert,
     RowMapping,
     Select,
+    bindparam,
     delete,
     event,
     func,
@@ -38,7 +39,14 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from martlet_molt.core.status import RunStatus
 from martlet_molt.errors import Conflict, InvalidRequest, RunNotFound
-from martlet_molt.store.base import JsonObject, MessageRecord, NewMessage, RunRecord, SessionRecord
+from martlet_molt.store.base import (
+    Checkpoint,
+    JsonObject,
+    MessageRecord,
+    NewMessage,
+    RunRecord,
+    SessionRecord,
+)
 from martlet_molt.store.schema import (
     SCHEMA_VERSION,
     message_record,
@@ -262,13 +270,26 @@ class SqlStore:
 
     async def checkpoint_run(self, run_id: str, *, content: str, events: list[Any]) -> None:
         """Save the partial reply of a live run; a final run is never overwritten."""
-        self._check_text(content)
+        await self.checkpoint_runs([Checkpoint(run_id, content, events)])
+
+    async def checkpoint_runs(self, checkpoints: Sequence[Checkpoint]) -> None:
+        """Save many partial replies in one transaction (one statement, many parameter sets)."""
+        if not checkpoints:
+            return
+        for checkpoint in checkpoints:
+            self._check_text(checkpoint.content)
+        now = _now()
+        statement = (
+            update(runs)
+            .where(runs.c.run_id == bindparam("b_run_id"), runs.c.status.in_(_UNFINISHED))
+            .values(content=bindparam("b_content"), events=bindparam("b_events"), updated_at=now)
+        )
+        parameters = [
+            {"b_run_id": c.run_id, "b_content": c.content, "b_events": c.events}
+            for c in checkpoints
+        ]
         async with self._write() as conn:
-            await conn.execute(
-                update(runs)
-                .where(runs.c.run_id == run_id, runs.c.status.in_(_UNFINISHED))
-                .values(content=content, events=events, updated_at=_now())
-            )
+            await conn.execute(statement, parameters)
 
     async def finish_run(
         self,
