@@ -312,7 +312,7 @@ class FakeUpstream:
         self._thread: threading.Thread | None = None
         self._server: _Server | None = None
         self._startup_error: BaseException | None = None
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.port: int = self._sock.getsockname()[1]

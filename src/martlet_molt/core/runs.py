@@ -292,6 +292,8 @@ class RunManager:
         except Exception as exc:
             status, error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
             logger.opt(exception=exc).error("run {} failed", log.run_id)
+        # From here on the run is saving: a cancel now must wait for the save, not cut it.
+        self._cancelling.add(log.run_id)
         if agent.usage:
             log.set_usage(agent.usage)
         try:

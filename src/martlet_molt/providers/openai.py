@@ -95,6 +95,10 @@ class OpenAIProvider:
                         )
                     if choice.finish_reason:
                         yield FinishDelta(choice.finish_reason)
+        except openai.APITimeoutError as exc:
+            raise ProviderError("upstream went silent for longer than the idle timeout") from exc
+        except openai.APIConnectionError as exc:
+            raise ProviderError("upstream connection dropped mid-stream") from exc
         except openai.APIError as exc:
             raise ProviderError(_describe(exc)) from exc
         except ValueError as exc:  # the SDK's JSON decoding of a chunk
