@@ -6,12 +6,15 @@ Nothing is built at import time, so each test (or process) builds its own app.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from loguru import logger
 from sse_starlette.sse import AppStatus
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from martlet_molt import __version__
 from martlet_molt.config import Settings
@@ -19,24 +22,12 @@ from martlet_molt.core.recovery import interrupt_orphaned_runs
 from martlet_molt.core.runs import RunManager
 from martlet_molt.core.tools import build_registry
 from martlet_molt.errors import MartletError
+from martlet_molt.gateway.auth import ApiKeys
+from martlet_molt.gateway.limits import BodyLimit, http_error, invalid_request
 from martlet_molt.gateway.routes import router
-from martlet_molt.providers.base import Provider
-from martlet_molt.providers.openai import OpenAIProvider
+from martlet_molt.providers.configured import open_provider
 from martlet_molt.store.base import create_store
-
-
-def build_provider(settings: Settings) -> Provider | None:
-    """The configured upstream, or None when nothing is configured (chat then answers 503)."""
-    if not settings.provider_configured:
-        return None
-    return OpenAIProvider(
-        model=settings.model,
-        api_key=settings.openai_api_key,
-        base_url=settings.openai_base_url,
-        timeout=settings.upstream_timeout_seconds,
-        idle_timeout=settings.upstream_idle_timeout_seconds,
-        max_retries=settings.upstream_max_retries,
-    )
+from martlet_molt.web import mount_web
 
 
 async def _martlet_error(_: Request, exc: Exception) -> JSONResponse:
@@ -44,6 +35,7 @@ async def _martlet_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
         status_code=exc.status_code,
         content={"error": {"code": exc.code, "message": exc.message, "details": exc.details}},
+        headers=exc.headers or None,
     )
 
 
@@ -55,33 +47,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
-        store = create_store(settings.database_url)
-        await store.open()
-        await interrupt_orphaned_runs(store)
-        provider = build_provider(settings)
-        if provider is None:
-            logger.warning(
-                "no provider configured: chat answers 503 until OPENAI_API_KEY "
-                "or OPENAI_BASE_URL is set"
-            )
-        else:
-            logger.info("provider {} with model {}", provider.name, provider.model)
-        runs = RunManager(
-            settings=settings,
-            store=store,
-            provider=provider,
-            tools=build_registry(settings.enabled_tools),
-        )
-        runs.open()
-        app.state.runs = runs
-        try:
-            yield
-        finally:
-            await runs.close()
+        async with AsyncExitStack() as stack:  # released in reverse: runs, provider, store
+            store = create_store(settings.database_url)
+            await store.open()
+            stack.push_async_callback(store.close)
+            await interrupt_orphaned_runs(store)
+            provider = await stack.enter_async_context(open_provider(settings))
             if provider is not None:
-                await provider.aclose()
-            await store.close()
-            logger.info("gateway stopped")
+                logger.info("provider {} with model {}", provider.name, provider.model)
+            runs = RunManager(
+                settings=settings,
+                store=store,
+                provider=provider,
+                tools=build_registry(settings.enabled_tools),
+            )
+            runs.open()
+            stack.push_async_callback(runs.close)
+            app.state.runs = runs
+            yield
+        logger.info("gateway stopped")
 
     app = FastAPI(
         title="martlet_molt",
@@ -90,6 +74,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Keys are hashed here, once; requests are checked against the digests.
+    app.state.api_keys = ApiKeys.from_settings(settings)
+    app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)  # CORS wraps its 413
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["X-Run-Id", "X-Session-Id"],
+        )
     app.add_exception_handler(MartletError, _martlet_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(router)
+    mount_web(app)
     return app

@@ -1,10 +1,12 @@
 """One place for every setting: the environment (and an optional `.env`) decides.
 
-Defaults need no service: SQLite on disk, loopback only, no provider (chat answers 503
-until one is configured).
+Defaults need no service: SQLite on disk, loopback only, and a small local model on the CPU
+until an OpenAI-compatible provider is configured.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,7 +32,20 @@ class Settings(BaseSettings):
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url")
     )
+    provider: Literal["auto", "openai", "local"] = Field(
+        default="auto",
+        description="auto: openai when OPENAI_API_KEY or OPENAI_BASE_URL is set, else local.",
+    )
     model: str = "gpt-4o-mini"
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Upper bound on tokens per model call, if set."
+    )
+    local_model: str | None = Field(
+        default=None, description="A GGUF file for the local model; default: packaged SmolLM2."
+    )
+    local_threads: int | None = Field(default=None, ge=1, description="Default: the CPU count.")
+    local_parallel: int = Field(default=2, ge=1, le=64, description="Concurrent generations.")
+    local_context: int = Field(default=4096, ge=256, description="Context tokens per generation.")
     system_prompt: str = ""
     tools: str = Field(
         default="",
@@ -72,16 +87,51 @@ class Settings(BaseSettings):
     # HTTP edge.
     sse_ping_seconds: float = Field(default=15.0, gt=0)
     max_message_chars: int = Field(default=100_000, ge=1)
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1, description="Larger request bodies get 413 and are not read."
+    )
+
+    # Security.
+    api_keys: str = Field(
+        default="",
+        repr=False,
+        description="Comma-separated API keys; any key turns on bearer auth (one principal each).",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="Allow serving a non-loopback address with no API keys."
+    )
+    cors_origins: str = Field(
+        default="", description="Comma-separated origins allowed by CORS; empty turns CORS off."
+    )
 
     # Logging.
     log_level: str = "INFO"
 
     @property
     def provider_configured(self) -> bool:
-        """Whether an upstream model is configured at all."""
+        """Whether a remote (OpenAI-compatible) upstream is configured."""
         return bool(self.openai_api_key or self.openai_base_url)
+
+    @property
+    def provider_kind(self) -> Literal["openai", "local"]:
+        """Which provider answers: `auto` means openai when configured, else the local model."""
+        if self.provider == "auto":
+            return "openai" if self.provider_configured else "local"
+        return self.provider
 
     @property
     def enabled_tools(self) -> list[str]:
         """The names in `MARTLET_TOOLS`, cleaned."""
         return [name.strip() for name in self.tools.split(",") if name.strip()]
+
+    @property
+    def api_key_list(self) -> list[str]:
+        """The keys in `MARTLET_API_KEYS`, cleaned (hash them; never log them)."""
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """The origins in `MARTLET_CORS_ORIGINS`, cleaned (a browser's `Origin` never ends with
+        `/`); empty means CORS is off."""
+        origins = (origin.strip().rstrip("/") for origin in self.cors_origins.split(","))
+        return [origin for origin in origins if origin]

@@ -1,12 +1,14 @@
 """The one exception tree. Domain code raises these; the HTTP layer maps them once.
 
 MartletError                      500
+├── Unauthorized                  401  (no or wrong API key; answered with WWW-Authenticate)
 ├── NotFound                      404
 │   ├── SessionNotFound
 │   └── RunNotFound
 ├── Conflict                      409
 │   └── SessionBusy               (carries the active run's id)
 ├── InvalidRequest                422
+├── BodyTooLarge                  413  (the request body passed MARTLET_MAX_BODY_BYTES)
 ├── TooManyRuns                   429
 ├── ProviderNotConfigured         503
 ├── ServiceUnavailable            503
@@ -25,11 +27,21 @@ class MartletError(Exception):
 
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    headers: ClassVar[dict[str, str]] = {}
+    """HTTP headers the answer carries."""
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+
+
+class Unauthorized(MartletError):
+    """API keys are on and the request carries no key, or a wrong one."""
+
+    status_code = 401
+    code = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
 
 
 class NotFound(MartletError):
@@ -77,6 +89,14 @@ class InvalidRequest(MartletError):
 
     status_code = 422
     code = "invalid_request"
+
+
+class BodyTooLarge(MartletError):
+    """The request body is larger than `MARTLET_MAX_BODY_BYTES`; it is not read any further."""
+
+    status_code = 413
+    code = "body_too_large"
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}
 
 
 class TooManyRuns(MartletError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -12,15 +13,23 @@ if TYPE_CHECKING:
     from loguru import Record
 
 
+_API_KEY_PARAM = re.compile(r"(?i)([?&]api_key=)[^&\s\"']*")
+
+
+def redact(message: str) -> str:
+    """Hide the value of any `api_key=` query parameter (an access log would show it)."""
+    return _API_KEY_PARAM.sub(r"\1[redacted]", message)
+
+
 class _InterceptHandler(logging.Handler):
-    """Send standard-library log records to loguru."""
+    """Send standard-library log records to loguru, with API keys in URLs redacted."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
+        logger.opt(depth=6, exception=record.exc_info).log(level, redact(record.getMessage()))
 
 
 _BASE_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"

@@ -611,7 +611,7 @@ async def test_reply_longer_than_the_cap_fails_keeping_exactly_the_cap(
 
 @pytest.mark.asyncio
 async def test_no_provider_answers_503_and_saves_nothing(make_gateway: GatewayFactory) -> None:
-    gateway = make_gateway(openai_base_url=None, openai_api_key=None)
+    gateway = make_gateway(provider="openai", openai_base_url=None, openai_api_key=None)
     async with client_for(gateway) as client:
         chat = await client.post("/chat", json={"message": "hi"})
         stream = await client.post("/chat/stream", json={"message": "hi", "session_id": "s-1"})

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from martlet_molt.core.status import RunStatus
 from martlet_molt.errors import Conflict, InvalidRequest, RunNotFound
-from martlet_molt.store.base import NewMessage, RunRecord, Store
+from martlet_molt.store.base import Checkpoint, NewMessage, RunRecord, Store
 from martlet_molt.store.sql import SqlStore
 
 EVENTS: list[Any] = [
@@ -178,6 +178,25 @@ async def test_checkpoint_updates_live_runs_only(store: SqlStore) -> None:
     await store.checkpoint_run("r1", content="stale", events=[1])
     await store.set_run_status("r1", RunStatus.STREAMING)
     assert await store.get_run("r1") == done
+
+
+@pytest.mark.asyncio
+async def test_checkpoints_of_many_runs_go_in_one_batch(store: SqlStore) -> None:
+    """The run manager checkpoints every live run at once; final runs are left alone."""
+    for n in (1, 2, 3):
+        await start(store, n)
+        await store.set_run_status(f"r{n}", RunStatus.STREAMING)
+    done = await finish(store, "r3", content="final", events=[5])
+    await store.checkpoint_runs([Checkpoint(f"r{n}", f"partial {n}", [9]) for n in (1, 2, 3)])
+    for n in (1, 2):
+        record = await store.get_run(f"r{n}")
+        assert record is not None
+        assert (record.status, record.content, record.events) == (
+            RunStatus.STREAMING,
+            f"partial {n}",
+            [9],
+        )
+    assert await store.get_run("r3") == done
 
 
 @pytest.mark.asyncio

@@ -30,12 +30,14 @@ from martlet_molt.core.stream_buffer import StreamBuffer, StreamBufferManager, n
 from martlet_molt.core.tools import ToolRegistry
 from martlet_molt.errors import (
     MartletError,
+    ProviderError,
     ProviderNotConfigured,
     RunNotFound,
     ServiceUnavailable,
     SessionBusy,
     SessionNotFound,
 )
+from martlet_molt.metrics import Metrics, classify_upstream_error
 from martlet_molt.providers.base import Provider
 from martlet_molt.store.base import Checkpoint, RunRecord, Store
 
@@ -100,11 +102,13 @@ class RunManager:
         store: Store,
         provider: Provider | None,
         tools: ToolRegistry,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.provider = provider
         self.tools = tools
+        self.metrics = metrics if metrics is not None else Metrics()
         self.logs = StreamBufferManager(
             settings.max_active_runs,
             retention_seconds=settings.run_retention_seconds,
@@ -119,6 +123,7 @@ class RunManager:
         self._by_request: dict[tuple[str, str, str], str] = {}
         self._checkpointed: dict[str, int] = {}
         self._chores: list[asyncio.Task[None]] = []
+        self.metrics.watch_active_runs(lambda: len(self._tasks))
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -209,6 +214,10 @@ class RunManager:
         session_id = session_id or new_session_id()
         active = self._active_by_session.get(session_id)
         if active is not None:
+            busy = self.logs.get(active)
+            if busy is not None and busy.principal != principal:
+                # Another principal's session must look absent: a 409 would name its run.
+                raise SessionNotFound(f"session {session_id} not found")
             raise SessionBusy(session_id, active)
         run_id = new_run_id()
         log = self.logs.create(session_id, self.settings.max_reply_chars, run_id=run_id)
@@ -237,6 +246,7 @@ class RunManager:
         task = asyncio.create_task(self._drive(log, agent), name=f"run {run_id}")
         self._tasks[run_id] = task
         task.add_done_callback(self._collect)
+        self.metrics.run_started()
         logger.info(
             "run {} started in session {} (model {})", run_id, session_id, self.provider.model
         )
@@ -250,7 +260,10 @@ class RunManager:
             record = await self.store.find_run_by_request(
                 session_id=session_id, client_request_id=client_request_id
             )
-            run_id = record.run_id if record is not None else self._by_request.get(request_key)
+            if record is not None and record.principal == principal:
+                run_id = record.run_id
+            else:
+                run_id = self._by_request.get(request_key)
         if run_id is None:
             return None
         logger.info("request {} attaches to its run {}", client_request_id, run_id)
@@ -289,6 +302,8 @@ class RunManager:
         except MartletError as exc:
             status, error = RunStatus.FAILED, exc.message
             logger.warning("run {} failed: {}", log.run_id, exc.message)
+            if isinstance(exc, ProviderError):
+                self.metrics.upstream_error(classify_upstream_error(exc))
         except Exception as exc:
             status, error = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
             logger.opt(exception=exc).error("run {} failed", log.run_id)
@@ -310,12 +325,25 @@ class RunManager:
             logger.opt(exception=exc).error("run {} could not be saved", log.run_id)
             status, error = RunStatus.FAILED, f"the reply could not be saved: {exc}"
         self._end(log, status, error)
+        self._count_end(log, status)
         logger.info(
             "run {} ended {} ({} chars, {:.2f}s)",
             log.run_id,
             status.value,
             log.content_length,
             time.monotonic() - started,
+        )
+
+    def _count_end(self, log: StreamBuffer, status: RunStatus) -> None:
+        """Metrics of an ended run, once (never per chunk): both times from its creation."""
+        ended = log.completed_at or log.updated_at
+        first = log.first_token_at
+        self.metrics.run_ended(
+            status.value,
+            chars=log.content_length,
+            duration=(ended - log.created_at).total_seconds(),
+            ttft=(first - log.created_at).total_seconds() if first is not None else None,
+            usage=log.usage,
         )
 
     def _end(self, log: StreamBuffer, status: RunStatus, error: str | None) -> None:

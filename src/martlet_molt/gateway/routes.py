@@ -3,21 +3,27 @@ shapes the answer. Streaming handlers only read a run's log; they never own the 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST
 from sse_starlette import EventSourceResponse
 
 from martlet_molt.config import Settings
 from martlet_molt.core.runs import RunManager, RunView
+from martlet_molt.core.session import SESSION_ID_PATTERN
 from martlet_molt.core.stream_buffer import StreamBuffer
-from martlet_molt.errors import InvalidRequest, SessionNotFound
+from martlet_molt.errors import InvalidRequest, ServiceUnavailable, SessionNotFound
+from martlet_molt.gateway.auth import require_principal, require_stream_principal
 from martlet_molt.gateway.schemas import (
     ChatRequest,
     ChatResponse,
     ErrorResponse,
     HealthResponse,
     MessageResponse,
+    ReadyResponse,
     RunResponse,
     SessionDetail,
     SessionPage,
@@ -25,15 +31,15 @@ from martlet_molt.gateway.schemas import (
 )
 from martlet_molt.gateway.sse import SseFormat, sse_response
 
-ANONYMOUS = ""
-"""The principal of every request while API keys are off."""
-
 ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (404, 409, 422, 429, 503)
+    code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 429, 503)
 }
 
 MAX_SEQ_DIGITS = 18
 """A `seq` fits in 18 digits; longer ids are rejected before any conversion."""
+
+READY_TIMEOUT_SECONDS = 5.0
+"""`/readyz` answers 503 when the store does not answer within this time."""
 
 router = APIRouter(responses=ERRORS)
 
@@ -50,15 +56,17 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_principal() -> str:
-    """Who is asking; every session and run belongs to one principal."""
-    return ANONYMOUS
-
-
 Runs = Annotated[RunManager, Depends(get_runs)]
 CurrentSettings = Annotated[Settings, Depends(get_settings)]
-Principal = Annotated[str, Depends(get_principal)]
+Principal = Annotated[str, Depends(require_principal)]
+"""Who is asking: every session and run belongs to one principal (`gateway/auth.py`)."""
+StreamPrincipal = Annotated[str, Depends(require_stream_principal)]
+"""The same, also taking `?api_key=` (for EventSource); only for GET stream endpoints."""
 WireFormat = Annotated[SseFormat, Query(alias="format", description="`text` or `json`.")]
+SessionId = Annotated[
+    str, Path(pattern=SESSION_ID_PATTERN, description="1-128 of `A-Z a-z 0-9 _ . -`.")
+]
+"""A session id in a path: any other shape gets 422 before the store is asked."""
 
 
 async def _start(
@@ -111,6 +119,7 @@ async def chat_stream(
         wire_format=wire_format,
         ping_seconds=settings.sse_ping_seconds,
         headers={"X-Session-Id": log.session_id, "X-Run-Id": log.run_id},
+        metrics=runs.metrics,
     )
 
 
@@ -150,7 +159,7 @@ async def stream_run(
     run_id: str,
     runs: Runs,
     settings: CurrentSettings,
-    principal: Principal,
+    principal: StreamPrincipal,
     wire_format: WireFormat = SseFormat.TEXT,
     after: Annotated[int | None, Query(ge=0, description="Send events with seq > after.")] = None,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -169,6 +178,7 @@ async def stream_run(
         wire_format=wire_format,
         ping_seconds=settings.sse_ping_seconds,
         headers={"X-Session-Id": log.session_id, "X-Run-Id": log.run_id},
+        metrics=runs.metrics,
     )
 
 
@@ -184,7 +194,7 @@ async def list_sessions(
     runs: Runs,
     principal: Principal,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,  # a database integer
 ) -> SessionPage:
     """The caller's sessions, most recently active first."""
     sessions, total = await runs.store.list_sessions(
@@ -207,7 +217,7 @@ async def list_sessions(
 
 
 @router.get("/sessions/{session_id}", response_model=SessionDetail)
-async def get_session(session_id: str, runs: Runs, principal: Principal) -> SessionDetail:
+async def get_session(session_id: SessionId, runs: Runs, principal: Principal) -> SessionDetail:
     """A session's whole history, and its active run if one is streaming."""
     session = await runs.store.get_session(session_id)
     if session is None or session.principal != principal:
@@ -235,7 +245,7 @@ async def get_session(session_id: str, runs: Runs, principal: Principal) -> Sess
 
 
 @router.delete("/sessions/{session_id}", status_code=204)
-async def delete_session(session_id: str, runs: Runs, principal: Principal) -> Response:
+async def delete_session(session_id: SessionId, runs: Runs, principal: Principal) -> Response:
     """Delete a session, cancelling its active run first."""
     await runs.delete_session(session_id, principal)
     return Response(status_code=204)
@@ -250,3 +260,29 @@ async def healthz(runs: Runs) -> HealthResponse:
         provider=provider.name if provider else None,
         model=provider.model if provider else None,
     )
+
+
+@router.get("/readyz", response_model=ReadyResponse)
+async def readyz(runs: Runs) -> ReadyResponse:
+    """Ready to serve: the store answers (else 503). Open, like `/healthz`."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            await runs.store.ping()
+    except Exception as exc:
+        logger.warning("readiness check: the store did not answer: {!r}", exc)
+        raise ServiceUnavailable(
+            "the store cannot be reached", store="unavailable", reason=type(exc).__name__
+        ) from exc
+    provider = runs.provider
+    return ReadyResponse(
+        status="ready",
+        store="ok",
+        provider=provider.name if provider else None,
+        model=provider.model if provider else None,
+    )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(runs: Runs, _principal: Principal) -> Response:
+    """Prometheus metrics; behind the same API key as the rest of the API."""
+    return Response(runs.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -117,3 +117,12 @@ class HealthResponse(BaseModel):
     status: str
     provider: str | None
     model: str | None
+
+
+class ReadyResponse(BaseModel):
+    """Readiness: the store answers; and what answers chat."""
+
+    status: str
+    store: str
+    provider: str | None
+    model: str | None

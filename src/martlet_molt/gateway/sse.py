@@ -21,6 +21,7 @@ from loguru import logger
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from martlet_molt.core.stream_buffer import EventKind, RunEvent, StreamBuffer
+from martlet_molt.metrics import Metrics
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -111,11 +112,15 @@ ENCODERS: dict[SseFormat, Callable[[Sequence[RunEvent]], str]] = {
 }
 
 
-async def _events(log: StreamBuffer, after: int, wire_format: SseFormat) -> AsyncIterator[bytes]:
+async def _events(
+    log: StreamBuffer, after: int, wire_format: SseFormat, metrics: Metrics | None = None
+) -> AsyncIterator[bytes]:
     encode = ENCODERS[wire_format]
     reader_logger = logger.bind(session_id=log.session_id)
     reader_logger.info("reader connected to run {} after seq {}", log.run_id, after)
     finished = False
+    if metrics is not None:
+        metrics.reader_connected()
     try:
         async for batch in log.read_batches(after):
             payload = encode(batch)
@@ -123,6 +128,8 @@ async def _events(log: StreamBuffer, after: int, wire_format: SseFormat) -> Asyn
                 yield payload.encode()
         finished = True
     finally:
+        if metrics is not None:
+            metrics.reader_disconnected(finished=finished)
         if finished:
             reader_logger.info("reader of run {} got the end", log.run_id)
         else:
@@ -140,10 +147,12 @@ def sse_response(
     wire_format: SseFormat,
     ping_seconds: float,
     headers: dict[str, str] | None = None,
+    metrics: Metrics | None = None,
 ) -> EventSourceResponse:
-    """An SSE response reading `log` from `after`: replay, then live, until the end event."""
+    """An SSE response reading `log` from `after`: replay, then live, until the end event.
+    `metrics`, if given, counts the reader while it is connected and a hang-up."""
     return EventSourceResponse(
-        _events(log, after, wire_format),
+        _events(log, after, wire_format, metrics),
         headers={**SSE_HEADERS, **(headers or {})},
         ping=ping_seconds,
         ping_message_factory=_ping,

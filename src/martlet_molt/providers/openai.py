@@ -34,11 +34,15 @@ class OpenAIProvider:
         model: str,
         api_key: str | None = None,
         base_url: str | None = None,
+        label: str = "openai",
         timeout: float = 600.0,
         idle_timeout: float = 120.0,
         max_retries: int = 2,
+        max_tokens: int | None = None,
     ) -> None:
         self._model = model
+        self._label = label
+        self._max_tokens = max_tokens
         # The SDK retries 429, 5xx and connection errors with backoff, honouring Retry-After,
         # before a response starts; the read timeout bounds silence between any two bytes.
         self._client = AsyncOpenAI(
@@ -51,7 +55,7 @@ class OpenAIProvider:
     @property
     def name(self) -> str:
         """The provider's kind and where it points."""
-        return f"openai ({self._client.base_url})"
+        return f"{self._label} ({self._client.base_url})"
 
     @property
     def model(self) -> str:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -281,7 +282,11 @@ class SqlStore:
         now = _now()
         statement = (
             update(runs)
-            .where(runs.c.run_id == bindparam("b_run_id"), runs.c.status.in_(_UNFINISHED))
+            # `IN (...)` expands per statement, which executemany cannot do; spell it out.
+            .where(
+                runs.c.run_id == bindparam("b_run_id"),
+                or_(*(runs.c.status == status for status in _UNFINISHED)),
+            )
             .values(content=bindparam("b_content"), events=bindparam("b_events"), updated_at=now)
         )
         parameters = [

@@ -1,0 +1,1 @@
+"""martlet_molt's benchmark suite: `python -m bench` (see docs/BENCHMARKS.md)."""

@@ -1,0 +1,117 @@
+"""`python -m bench [--quick] [--only 1,3] [--profile]`: run the benchmark suite.
+
+Every scenario starts its own processes on 127.0.0.1 (fake upstream, gateway, load client;
+the pass-through proxy for scenario 0), bounds every loop in count and time, and stops
+everything when it ends. Results: `bench/results/<timestamp>.json` and `.md`; plots: PNG files
+in `docs/bench/` (full run) or next to the results (`--quick`, so smoke runs do not overwrite
+the committed plots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from bench import plots, report
+from bench.harness import Context
+from bench.procs import ROOT
+from bench.scenarios_relay import long_replies, relay, ttft
+from bench.scenarios_runs import fanout, resume
+from bench.scenarios_scale import concurrency, storm
+
+SCENARIOS: dict[str, tuple[str, Callable[[Context], None]]] = {
+    "1": ("time to first token", ttft),
+    "2": ("relay throughput + 0 per-chunk CPU vs pass-through", relay),
+    "3": ("concurrency", concurrency),
+    "4": ("disconnect storm", storm),
+    "5": ("fan-out", fanout),
+    "6": ("resume", resume),
+    "7": ("long replies", long_replies),
+}
+ALIASES = {"0": "2"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description="Run the benchmark suite.")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
+    parser.add_argument(
+        "--only", default="", help="comma-separated scenario numbers (0-7), default all"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="attach py-spy to the gateway and report hot spots (skews the timings)",
+    )
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--plots-dir", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def selected(only: str) -> list[str]:
+    """The scenario keys to run, in order."""
+    if not only.strip():
+        return list(SCENARIOS)
+    keys = [ALIASES.get(k.strip(), k.strip()) for k in only.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; choose from 0-7")
+    return [k for k in SCENARIOS if k in keys]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite; 0 if every scenario ran (missed targets are results, not failures)."""
+    args = parse_args(argv)
+    keys = selected(args.only)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    mode = "quick" if args.quick else "full"
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    plots_dir = args.plots_dir or (
+        args.results_dir / f"{stamp}-plots" if args.quick else ROOT / "docs" / "bench"
+    )
+    ctx = Context.create(quick=args.quick, profile=args.profile)
+    failures: dict[str, str] = {}
+    started = time.monotonic()
+    try:
+        for key in keys:
+            title, run = SCENARIOS[key]
+            print(f"[{time.monotonic() - started:6.1f}s] scenario {key}: {title} ...", flush=True)
+            begin = time.monotonic()
+            try:
+                run(ctx)
+            except Exception as exc:
+                failures[key] = f"{type(exc).__name__}: {str(exc)[:500]}"
+                traceback.print_exc()
+            ctx.timings[key] = time.monotonic() - begin
+            print(f"         done in {ctx.timings[key]:.1f}s", flush=True)
+    finally:
+        ctx.cleanup()
+    elapsed = time.monotonic() - started
+    info = {
+        "mode": mode,
+        "started": stamp,
+        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "elapsed_s": elapsed,
+        "machine": report.machine(),
+        "failures": failures,
+    }
+    written = plots.draw_all(ctx.plots, plots_dir)
+    json_path = args.results_dir / f"{stamp}.json"
+    md_path = args.results_dir / f"{stamp}.md"
+    report.write_json(ctx, json_path, info)
+    report.write_markdown(ctx, md_path, info, written)
+    print(report.table(ctx.rows))
+    print(f"\n{mode} run took {elapsed:.0f}s; results: {json_path} and {md_path}")
+    print(f"plots: {plots_dir}")
+    for key, error in failures.items():
+        print(f"scenario {key} FAILED: {error}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

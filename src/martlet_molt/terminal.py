@@ -1,0 +1,333 @@
+"""The terminal client: `martlet-molt chat`, `attach`, `sessions` and `runs`, over `client.py`.
+
+Output: the reply goes to stdout (rich Markdown when stdout is a terminal, else the exact text,
+flushed as it streams, so it pipes cleanly; `--format json`: one JSON object per event). Ids,
+tool activity, statuses and errors go to stderr.
+
+Exit codes: 0 the run completed; 1 it failed, was cancelled or interrupted, or its stream was lost;
+2 a usage error or an error answer from the gateway (its message is printed); 130 Ctrl-C left
+the run going in the background. On Ctrl-C a terminal is asked whether to cancel the run; when
+stdin is not a terminal nothing is asked and the run is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.markup import escape
+from rich.table import Table
+
+from martlet_molt.client import ApiError, ConnectionLost, GatewayClient, GatewayError, StreamEvent
+
+DEFAULT_URL = "http://127.0.0.1:8001"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LEFT_RUNNING = 0, 1, 2, 130
+PROMPT = "Cancel the run (c) or leave it running in the background (l)?"
+
+T = TypeVar("T")
+
+err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
+
+
+class OutputFormat(StrEnum):
+    """How `chat` and `attach` print a reply."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
+Url = Annotated[str, typer.Option("--url", envvar="MARTLET_URL", help="The gateway's root URL.")]
+ApiKey = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key", envvar="MARTLET_API_KEY", help="Sent as a bearer token.", show_default=False
+    ),
+]
+Format = Annotated[
+    OutputFormat,
+    typer.Option("--format", "-f", help="text: the reply; json: one JSON line per event."),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the gateway's JSON answer.")]
+
+
+@dataclass
+class _Progress:
+    """What a streaming command knows, for the Ctrl-C handler and the final report."""
+
+    url: str
+    api_key: str | None
+    run_id: str | None = None
+    end: dict[str, Any] | None = None
+    open_line: bool = False
+    """The plain text printed so far does not end with a line break."""
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True, emoji=False)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[red]error:[/red] {escape(message)}")
+    return typer.Exit(code)
+
+
+def _call(make: Callable[[GatewayClient], Awaitable[T]], url: str, api_key: str | None) -> T:
+    """Run one client call; gateway errors become a message and exit code 2."""
+
+    async def go() -> T:
+        async with GatewayClient(url, api_key) as client:
+            return await make(client)
+
+    try:
+        return asyncio.run(go())
+    except ApiError as exc:
+        raise _fail(exc.message, EXIT_USAGE) from None
+    except GatewayError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+
+
+async def _render(
+    events: AsyncIterator[StreamEvent], fmt: OutputFormat, progress: _Progress
+) -> None:
+    """Print a run's events as they come; remember the `done` event."""
+    tty_markdown = fmt is OutputFormat.TEXT and sys.stdout.isatty()
+    text = ""
+    live = Live(Markdown(""), console=_out(), refresh_per_second=12, vertical_overflow="visible")
+    if tty_markdown:
+        live.start()
+    try:
+        async for event in events:
+            if fmt is OutputFormat.JSON:
+                line = {"seq": event.seq, "event": event.kind, "data": event.data}
+                sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+            elif event.kind == "delta":
+                text += event.text
+                if tty_markdown:
+                    live.update(Markdown(text))
+                elif event.text:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                    progress.open_line = not event.text.endswith(("\n", "\r"))
+            elif event.kind == "tool_call":
+                name, arguments = event.data.get("name"), event.data.get("arguments")
+                err.print(f"[dim]tool call {escape(f'{name}({arguments})')}[/dim]")
+            elif event.kind == "tool_result":
+                err.print(f"[dim]tool result {escape(str(event.data.get('content')))}[/dim]")
+            elif event.kind == "error":
+                err.print(f"[red]error:[/red] {escape(str(event.data.get('message')))}")
+            if event.kind == "done":
+                progress.end = event.data
+    finally:
+        if tty_markdown:
+            live.stop()
+
+
+def _usage_note(usage: Any) -> str:
+    if isinstance(usage, dict) and "total_tokens" in usage:
+        return f" · {usage['total_tokens']} tokens"
+    return ""
+
+
+def _attach_hint(run_id: str) -> str:
+    return f"follow it with: martlet-molt attach {run_id}"
+
+
+def _ask_cancel() -> bool:
+    """Ask a terminal whether to cancel; anything but `c` (or no answer) leaves it running.
+    The prompt goes to stderr and the answer is read from stdin, so stdout keeps only the
+    reply."""
+    if not (sys.stdin and sys.stdin.isatty()):
+        return False
+    err.print(f"{PROMPT} [l] ", end="", markup=False)
+    try:
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        err.print()
+        return False
+    return answer.strip().lower() in {"c", "cancel"}
+
+
+def _interrupted(progress: _Progress) -> int:
+    """Ctrl-C: cancel the run, or leave it running and say how to come back."""
+    err.print()
+    run_id = progress.run_id
+    if run_id is None:
+        err.print("interrupted before the run started")
+        return EXIT_LEFT_RUNNING
+    if not _ask_cancel():
+        err.print(f"left run {run_id} running in the background; {_attach_hint(run_id)}")
+        return EXIT_LEFT_RUNNING
+    run = _call(lambda client: client.cancel(run_id), progress.url, progress.api_key)
+    err.print(f"run {run_id} {run['status']}")
+    return EXIT_OK if run["status"] == "completed" else EXIT_FAILED
+
+
+def _stream(progress: _Progress, body: Callable[[GatewayClient], Awaitable[None]]) -> None:
+    """Run a streaming command to its end, Ctrl-C or error, and exit with the right code."""
+
+    async def go() -> None:
+        async with GatewayClient(progress.url, progress.api_key) as client:
+            await body(client)
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        raise typer.Exit(_interrupted(progress)) from None
+    except ConnectionLost as exc:
+        hint = _attach_hint(exc.run_id)
+        err.print(f"[red]error:[/red] {escape(str(exc))}; the run may still be going; {hint}")
+        raise typer.Exit(EXIT_FAILED) from None
+    except ApiError as exc:
+        raise _fail(exc.message, EXIT_USAGE) from None
+    except GatewayError as exc:
+        raise _fail(str(exc), EXIT_USAGE) from None
+    end = progress.end or {}
+    status = end.get("status")
+    note = f": {escape(str(end['error']))}" if end.get("error") else ""
+    if sys.stdout.isatty() or progress.open_line:
+        err.print()  # stdout keeps the exact reply; the status goes on a line of its own
+    err.print(f"run {progress.run_id} {status}{note}{_usage_note(end.get('usage'))}")
+    raise typer.Exit(EXIT_OK if status == "completed" else EXIT_FAILED)
+
+
+def chat(
+    message: Annotated[str, typer.Argument(help="What to say.")],
+    session: Annotated[
+        str | None, typer.Option("--session", "-s", help="Continue this session (default: new).")
+    ] = None,
+    fmt: Format = OutputFormat.TEXT,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Send a message and stream the reply; reconnects by itself if the network drops."""
+    progress = _Progress(url, api_key)
+
+    async def body(client: GatewayClient) -> None:
+        started = await client.start_stream(message, session)
+        progress.run_id = started.run_id
+        err.print(f"session {started.session_id} · run {started.run_id}")
+        await _render(started.events, fmt, progress)
+
+    _stream(progress, body)
+
+
+def attach(
+    run_id: Annotated[str, typer.Argument(help="The run to follow.")],
+    fmt: Format = OutputFormat.TEXT,
+    after: Annotated[int, typer.Option(help="Skip the events up to this seq.", min=0)] = 0,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Follow a run (running or finished): its reply so far, then live to its end."""
+    progress = _Progress(url, api_key, run_id=run_id)
+
+    async def body(client: GatewayClient) -> None:
+        run = await client.get_run(run_id)
+        err.print(f"session {run['session_id']} · run {run_id} ({run['status']})")
+        await _render(client.follow(run_id, after), fmt, progress)
+
+    _stream(progress, body)
+
+
+def _when(value: Any) -> str:
+    return str(value or "")[:19].replace("T", " ")
+
+
+def sessions(
+    session_id: Annotated[
+        str | None, typer.Argument(help="Show this session's history instead of the list.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="How many sessions to list.", min=1, max=200)] = 20,
+    offset: Annotated[int, typer.Option(help="Skip this many sessions.", min=0)] = 0,
+    as_json: AsJson = False,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """List sessions, most recently active first; `sessions ID` prints one's history."""
+    if session_id is not None:
+        detail = _call(lambda client: client.get_session(session_id), url, api_key)
+        if as_json:
+            return typer.echo(json.dumps(detail, ensure_ascii=False, indent=2))
+        return _print_history(detail)
+    page = _call(lambda client: client.list_sessions(limit, offset), url, api_key)
+    if as_json:
+        return typer.echo(json.dumps(page, ensure_ascii=False, indent=2))
+    table = Table("session", "updated", "active run", title=f"{page['total']} session(s)")
+    for item in page["sessions"]:
+        table.add_row(item["session_id"], _when(item["updated_at"]), item["active_run_id"] or "")
+    _out().print(table)
+
+
+def _print_history(detail: dict[str, Any]) -> None:
+    out = _out()
+    out.print(f"[bold]session {escape(detail['session_id'])}[/bold]")
+    active = detail.get("active_run_id")
+    if active:
+        out.print(f"active run {active}; {_attach_hint(active)}")
+    for message in detail["messages"]:
+        role = message["role"]
+        label = f"tool {message.get('name') or ''}".strip() if role == "tool" else role
+        extras = [message["run_id"]] if role == "assistant" and message.get("run_id") else []
+        if message["status"] != "completed":
+            extras.append(message["status"])
+        header = " · ".join([label, _when(message["created_at"]), *extras])
+        out.print(f"\n[bold cyan]{escape(header)}[/bold cyan]")
+        calls: list[dict[str, Any]] = message.get("tool_calls") or []
+        for call in calls:
+            function: dict[str, Any] = call.get("function") or {}
+            out.print(escape(f"→ {function.get('name')}({function.get('arguments')})"))
+        if message["content"]:
+            out.print(escape(message["content"]))
+
+
+runs = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True)
+
+
+@runs.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    as_json: AsJson = False,
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """A run's status, usage and reply so far."""
+    run = _call(lambda client: client.get_run(run_id), url, api_key)
+    if as_json:
+        return typer.echo(json.dumps(run, ensure_ascii=False, indent=2))
+    out = _out()
+    for key in ("run_id", "session_id", "status", "error", "created_at", "completed_at"):
+        if run.get(key):
+            out.print(f"{key:<14}{escape(str(run[key]))}")
+    if run.get("usage"):
+        out.print(f"{'usage':<14}{escape(json.dumps(run['usage']))}")
+    out.print()
+    out.print(escape(run["content"]))
+
+
+@runs.command("cancel")
+def runs_cancel(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    url: Url = DEFAULT_URL,
+    api_key: ApiKey = None,
+) -> None:
+    """Cancel a run (its partial reply is kept); prints its final status."""
+    run = _call(lambda client: client.cancel(run_id), url, api_key)
+    typer.echo(f"run {run_id} {run['status']}")
+
+
+def register(cli: typer.Typer) -> None:
+    """Add the client commands to the `martlet-molt` app."""
+    cli.command()(chat)
+    cli.command()(attach)
+    cli.command()(sessions)
+    cli.add_typer(runs, name="runs")
