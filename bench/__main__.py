@@ -3,8 +3,8 @@
 Every scenario starts its own processes on 127.0.0.1 (fake upstream, gateway, load client;
 the pass-through proxy for scenario 0), bounds every loop in count and time, and stops
 everything when it ends. Results: `bench/results/<timestamp>.json` and `.md`; plots: PNG files
-in `docs/bench/` (full run) or next to the results (`--quick`, so smoke runs do not overwrite
-the committed plots).
+in `docs/bench/` after a complete full run, else next to the results (so smoke, partial and
+profiled runs never overwrite the committed plots).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from bench.harness import Context
 from bench.procs import ROOT
 from bench.scenarios_relay import long_replies, relay, ttft
 from bench.scenarios_runs import fanout, resume
-from bench.scenarios_scale import concurrency, storm
+from bench.scenarios_scale import concurrency
+from bench.scenarios_storm import storm
 
 SCENARIOS: dict[str, tuple[str, Callable[[Context], None]]] = {
     "1": ("time to first token", ttft),
@@ -48,6 +49,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="attach py-spy to the gateway and report hot spots (skews the timings)",
     )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the gateway process (repeatable), for experiments",
+    )
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--plots-dir", type=Path, default=None)
     return parser.parse_args(argv)
@@ -71,10 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     mode = "quick" if args.quick else "full"
     args.results_dir.mkdir(parents=True, exist_ok=True)
+    # Only a complete, unprofiled full run replaces the committed plots in docs/bench.
+    partial = args.quick or args.profile or bool(args.only.strip()) or bool(args.gateway_env)
     plots_dir = args.plots_dir or (
-        args.results_dir / f"{stamp}-plots" if args.quick else ROOT / "docs" / "bench"
+        args.results_dir / f"{stamp}-plots" if partial else ROOT / "docs" / "bench"
     )
     ctx = Context.create(quick=args.quick, profile=args.profile)
+    ctx.gateway_env = dict(item.split("=", 1) for item in args.gateway_env)
+    if args.profile:
+        ctx.keep_dir = args.results_dir / f"{stamp}-profiles"
     failures: dict[str, str] = {}
     started = time.monotonic()
     try:
@@ -99,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": elapsed,
         "machine": report.machine(),
         "failures": failures,
+        "gateway_env": ctx.gateway_env,
     }
     written = plots.draw_all(ctx.plots, plots_dir)
     json_path = args.results_dir / f"{stamp}.json"

@@ -64,6 +64,8 @@ class Context:
     profiles: dict[str, Any] = field(default_factory=dict[str, Any])
     timings: dict[str, float] = field(default_factory=dict[str, float])
     trials: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
+    keep_dir: Path | None = None  # where raw profiles (collapsed stacks) are kept
+    gateway_env: dict[str, str] = field(default_factory=dict[str, str])  # --gateway-env
 
     def note_trial(self, stack: str, job: str, monitor: Monitor) -> None:
         """Keep CPU use, run-queue wait and load average of every job, to judge how clean the
@@ -129,7 +131,7 @@ class Stack:
         self.logdir = ctx.workdir / f"{name}-{time.monotonic_ns()}"
         self.logdir.mkdir(parents=True)
         self.upstream_options = upstream
-        self.gateway_settings = gateway or {}
+        self.gateway_settings = {**(gateway or {}), **ctx.gateway_env}
         self.want_passthrough = passthrough
         self.services: dict[str, Service] = {}
         self.client: LoadClient | None = None
@@ -163,6 +165,9 @@ class Stack:
     ) -> None:
         if self.profiler is not None:
             self.ctx.profiles.setdefault(self.name, []).append(self.profiler.stop())
+            if self.ctx.keep_dir is not None and self.profiler.output.exists():
+                self.ctx.keep_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy(self.profiler.output, self.ctx.keep_dir / f"{self.name}.collapsed")
         if exc is not None:
             for service in self.services.values():
                 print(f"--- {service.name} log tail ---\n{service.log_tail()}")

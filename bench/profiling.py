@@ -41,7 +41,7 @@ def _frame(text: str) -> tuple[str, str]:
     return match["func"], match["file"]
 
 
-def summarise(raw: str, top: int = 15) -> dict[str, Any]:
+def summarise(raw: str, top: int = 20) -> dict[str, Any]:
     """Self and inclusive sample counts by function and by package from py-spy's raw
     (collapsed-stack) output."""
     self_fn: Counter[str] = Counter()
@@ -71,7 +71,14 @@ def summarise(raw: str, top: int = 15) -> dict[str, Any]:
     def share(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(name, n / total) for name, n in counter.most_common(top)] if total else []
 
-    martlet = Counter({k: v for k, v in incl_fn.items() if "martlet_molt" in k})
+    # Entry points (the CLI, uvicorn's loop) are in every stack: leave them out.
+    martlet = Counter(
+        {
+            k: v
+            for k, v in incl_fn.items()
+            if "martlet_molt" in k and "cli.py" not in k and "__main__" not in k
+        }
+    )
     return {
         "samples": total,
         "self_functions": share(self_fn),

@@ -75,6 +75,7 @@ class OpenAIProvider:
                 tools=cast("list[ChatCompletionToolUnionParam]", list(tools))
                 if tools
                 else openai.omit,
+                max_tokens=self._max_tokens if self._max_tokens is not None else openai.omit,
             )
         except openai.APIError as exc:
             raise ProviderError(_describe(exc)) from exc
