@@ -198,7 +198,7 @@ async def test_chat_prints_exactly_the_reply(
     assert code == 0, err
     assert out == reply.text
     run_id = started_run_id(err)
-    assert f"session cli-text · run {run_id}" in err
+    assert f"session cli-text · run {run_id} · {model}" in err
     assert f"run {run_id} completed" in err
 
 

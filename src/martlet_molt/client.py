@@ -206,6 +206,10 @@ class GatewayClient:
         response = await self._send(self._http.build_request(method, path, **kwargs))
         return cast(dict[str, Any], response.json())
 
+    async def health(self) -> dict[str, Any]:
+        """`GET /healthz`: which provider and model answer."""
+        return await self._json("GET", "/healthz")
+
     async def get_run(self, run_id: str) -> dict[str, Any]:
         """`GET /runs/{id}`: status, content so far, usage."""
         return await self._json("GET", f"/runs/{run_id}")

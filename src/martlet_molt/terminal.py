@@ -213,9 +213,10 @@ def chat(
     progress = _Progress(url, api_key)
 
     async def body(client: GatewayClient) -> None:
+        model = (await client.health()).get("model") or "no model"
         started = await client.start_stream(message, session)
         progress.run_id = started.run_id
-        err.print(f"session {started.session_id} · run {started.run_id}")
+        err.print(f"session {started.session_id} · run {started.run_id} · {model}")
         await _render(started.events, fmt, progress)
 
     _stream(progress, body)
