@@ -3,8 +3,9 @@ official SDK, streamed as typed deltas."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 import openai
 from openai import AsyncOpenAI
@@ -65,57 +66,116 @@ class OpenAIProvider:
     async def stream(
         self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
     ) -> AsyncIterator[Delta]:
-        """Stream one completion; errors from the SDK become `ProviderError`."""
+        """Stream one completion; every failure becomes a `ProviderError` saying what happened.
+
+        The SDK makes the request (auth, base URL, retries with backoff and `Retry-After`,
+        status errors); the body is read raw and parsed here, because the SDK's per-chunk
+        model construction costs several times more CPU than everything else the gateway
+        does per token.
+        """
+        request = self._client.chat.completions.with_streaming_response.create(
+            model=self._model,
+            messages=cast("list[ChatCompletionMessageParam]", list(messages)),
+            stream=True,
+            stream_options={"include_usage": True},
+            tools=cast("list[ChatCompletionToolUnionParam]", list(tools)) if tools else openai.omit,
+            max_tokens=self._max_tokens if self._max_tokens is not None else openai.omit,
+        )
         try:
-            upstream = await self._client.chat.completions.create(
-                model=self._model,
-                messages=cast("list[ChatCompletionMessageParam]", list(messages)),
-                stream=True,
-                stream_options={"include_usage": True},
-                tools=cast("list[ChatCompletionToolUnionParam]", list(tools))
-                if tools
-                else openai.omit,
-                max_tokens=self._max_tokens if self._max_tokens is not None else openai.omit,
-            )
-        except openai.APIError as exc:
-            raise ProviderError(_describe(exc)) from exc
-        try:
-            async for chunk in upstream:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                    yield UsageDelta(
-                        usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
-                    )
-                for choice in chunk.choices:
-                    delta = choice.delta
-                    if delta.content:
-                        yield TextDelta(delta.content)
-                    for call in delta.tool_calls or ():
-                        function = call.function
-                        yield ToolCallDelta(
-                            index=call.index,
-                            call_id=call.id,
-                            name=function.name if function else None,
-                            arguments=(function.arguments or "") if function else "",
-                        )
-                    if choice.finish_reason:
-                        yield FinishDelta(choice.finish_reason)
+            async with request as response:
+                async for payload in data_payloads(response.iter_bytes()):
+                    if payload == b"[DONE]":
+                        break
+                    for delta in parse_chunk(payload):
+                        yield delta
+        except ProviderError:
+            raise
         except openai.APITimeoutError as exc:
             raise ProviderError("upstream went silent for longer than the idle timeout") from exc
-        except openai.APIConnectionError as exc:
-            raise ProviderError("upstream connection dropped mid-stream") from exc
         except openai.APIError as exc:
             raise ProviderError(_describe(exc)) from exc
-        except ValueError as exc:  # the SDK's JSON decoding of a chunk
-            raise ProviderError(f"upstream sent a malformed chunk: {exc}") from exc
         except Exception as exc:
             raise ProviderError(_describe_transport(exc)) from exc
-        finally:
-            await upstream.close()
 
     async def aclose(self) -> None:
         """Close the SDK's HTTP client."""
         await self._client.close()
+
+
+async def data_payloads(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The `data` of each server-sent event in a byte stream. Lines end only at LF (with an
+    optional CR before it), never at the other characters `str.splitlines` knows, such as
+    U+2028, which JSON may carry unescaped."""
+    pending = b""
+    data: list[bytes] = []
+    async for chunk in chunks:
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+    if pending.startswith(b"data:"):
+        data.append(pending[5:].lstrip(b" "))
+    if data:
+        yield b"\n".join(data)
+
+
+def _malformed(detail: str) -> ProviderError:
+    return ProviderError(f"upstream sent a malformed chunk: {detail}")
+
+
+def parse_chunk(payload: bytes) -> list[Delta]:
+    """The deltas in one `chat.completion.chunk` (an OpenAI error object raises)."""
+    try:
+        chunk: object = json.loads(payload)
+    except ValueError as exc:
+        raise _malformed(str(exc)) from exc
+    if not isinstance(chunk, dict):
+        raise _malformed("not a JSON object")
+    body = cast("dict[str, Any]", chunk)
+    if body.get("error"):
+        error: Any = body["error"]
+        message = str(
+            cast("dict[str, Any]", error).get("message") if isinstance(error, dict) else error
+        )
+        raise ProviderError(f"upstream error: {message}")
+    deltas: list[Delta] = []
+    usage: Any = body.get("usage")
+    if usage:
+        deltas.append(
+            UsageDelta(
+                int(usage.get("prompt_tokens") or 0),
+                int(usage.get("completion_tokens") or 0),
+                int(usage.get("total_tokens") or 0),
+            )
+        )
+    choices: Any = body.get("choices") or ()
+    for choice in choices:
+        delta: Any = choice.get("delta") or {}
+        content = delta.get("content")
+        if content:
+            deltas.append(TextDelta(content))
+        for call in delta.get("tool_calls") or ():
+            function: Any = call.get("function") or {}
+            deltas.append(
+                ToolCallDelta(
+                    index=int(call.get("index") or 0),
+                    call_id=call.get("id"),
+                    name=function.get("name"),
+                    arguments=function.get("arguments") or "",
+                )
+            )
+        reason = choice.get("finish_reason")
+        if reason:
+            deltas.append(FinishDelta(reason))
+    return deltas
 
 
 def _describe_transport(exc: Exception) -> str:
