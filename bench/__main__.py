@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         ctx.keep_dir = args.results_dir / f"{stamp}-profiles"
     failures: dict[str, str] = {}
+    source = report.source_state()
     started = time.monotonic()
     try:
         for key in keys:
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": report.machine(),
         "failures": failures,
         "gateway_env": ctx.gateway_env,
+        "source": source,
+        "source_at_end": report.source_state(),
     }
     written = plots.draw_all(ctx.plots, plots_dir)
     json_path = args.results_dir / f"{stamp}.json"

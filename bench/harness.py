@@ -40,6 +40,7 @@ class Row:
     baseline: float | None = None
     ratio: float | None = None
     passed: bool | None = None
+    note: str = ""  # why a verdict is withheld, or what to keep in mind
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly (NaN becomes None)."""

@@ -3,7 +3,6 @@ that samples their RSS and CPU while the load client works."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -188,16 +187,13 @@ def start_passthrough(log_dir: Path, upstream: Service) -> Service:
 
 
 def run_queue_wait(pid: int) -> float:
-    """Seconds the process's threads have spent runnable but waiting for a CPU (Linux
-    schedstat; 0 where unavailable). High values mean the machine was oversubscribed."""
-    total = 0
+    """Seconds the process's main thread (the event loop) has spent runnable but waiting for
+    a CPU (Linux schedstat; 0 where unavailable). High values mean the machine was
+    oversubscribed."""
     try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                total += int((task / "schedstat").read_text().split()[1])
-    except OSError:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
         return 0.0
-    return total / 1e9
 
 
 @dataclass

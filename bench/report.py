@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +45,28 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "packages": versions,
     }
+
+
+def source_state() -> dict[str, str]:
+    """The commit checked out and a digest of the gateway's source (`src/`), to tell which code
+    a result belongs to and whether it changed while the suite ran."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted((root / "src").rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"commit": commit or "unknown", "src_sha256": digest.hexdigest()[:16]}
 
 
 def _clean(value: Any) -> Any:
@@ -86,9 +110,8 @@ def fmt(value: float | None) -> str:
 
 
 def _verdict(row: Row) -> str:
-    if row.passed is None:
-        return ""
-    return "✅" if row.passed else "❌ miss"
+    mark = "" if row.passed is None else ("✅" if row.passed else "❌ miss")
+    return f"{mark} {row.note}".strip() if row.note else mark
 
 
 def table(rows: list[Row]) -> str:
@@ -163,6 +186,12 @@ def write_markdown(ctx: Context, path: Path, info: dict[str, Any], plots: list[P
         "",
         f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Python {m['python']}",
         f"- Command: `{info['command']}`; took {info['elapsed_s']:.0f} s",
+        f"- Code: commit {info['source']['commit']}, src digest {info['source']['src_sha256']}"
+        + (
+            ""
+            if info["source"]["src_sha256"] == info["source_at_end"]["src_sha256"]
+            else " — **src/ changed while the suite ran: results mix two versions**"
+        ),
         f"- Targets missed: {len(misses)} of {sum(r.passed is not None for r in ctx.rows)}",
         "",
         table(ctx.rows),

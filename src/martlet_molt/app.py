@@ -23,7 +23,7 @@ from martlet_molt.core.runs import RunManager
 from martlet_molt.core.tools import build_registry
 from martlet_molt.errors import MartletError
 from martlet_molt.gateway.auth import ApiKeys
-from martlet_molt.gateway.limits import BodyLimit, http_error, invalid_request
+from martlet_molt.gateway.limits import BodyLimit, error_response, http_error, invalid_request
 from martlet_molt.gateway.routes import router
 from martlet_molt.providers.configured import open_provider
 from martlet_molt.store.base import create_store
@@ -32,11 +32,7 @@ from martlet_molt.web import mount_web
 
 async def _martlet_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, MartletError)
-    return JSONResponse(
-        status_code=exc.status_code,
-        content={"error": {"code": exc.code, "message": exc.message, "details": exc.details}},
-        headers=exc.headers or None,
-    )
+    return error_response(exc)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
