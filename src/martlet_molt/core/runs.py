@@ -38,7 +38,7 @@ from martlet_molt.errors import (
     SessionNotFound,
 )
 from martlet_molt.metrics import Metrics, classify_upstream_error
-from martlet_molt.providers.base import Provider
+from martlet_molt.providers.base import ChatMessage, Provider
 from martlet_molt.store.base import Checkpoint, RunRecord, Store
 
 PROVIDER_HINT = (
@@ -243,7 +243,10 @@ class RunManager:
             self.logs.remove(run_id)
             raise
         agent = Agent(self.provider, self.tools, max_rounds=self.settings.max_tool_rounds)
-        task = asyncio.create_task(self._drive(log, agent), name=f"run {run_id}")
+        # A new session's context is known without asking the store: one round trip less
+        # before the first token.
+        first_turn = [{"role": "user", "content": message}] if session is None else None
+        task = asyncio.create_task(self._drive(log, agent, first_turn), name=f"run {run_id}")
         self._tasks[run_id] = task
         task.add_done_callback(self._collect)
         self.metrics.run_started()
@@ -281,19 +284,31 @@ class RunManager:
 
     # -- the run itself ------------------------------------------------------------------
 
-    async def _drive(self, log: StreamBuffer, agent: Agent) -> None:
+    async def _drive(
+        self, log: StreamBuffer, agent: Agent, first_turn: list[ChatMessage] | None
+    ) -> None:
         """Stream, then save, then end the log: in that order, whatever happens."""
         with logger.contextualize(session_id=log.session_id):
-            await self._stream_then_save(log, agent)
+            await self._stream_then_save(log, agent, first_turn)
 
-    async def _stream_then_save(self, log: StreamBuffer, agent: Agent) -> None:
+    async def _context(
+        self, log: StreamBuffer, first_turn: list[ChatMessage] | None
+    ) -> list[ChatMessage]:
+        """What the model is sent: the system prompt and the session's saved turns."""
+        if first_turn is not None:
+            return to_chat_messages([], self.settings.system_prompt) + first_turn
+        records = await self.store.list_messages(log.session_id)
+        return to_chat_messages(records, self.settings.system_prompt)
+
+    async def _stream_then_save(
+        self, log: StreamBuffer, agent: Agent, first_turn: list[ChatMessage] | None
+    ) -> None:
         started = time.monotonic()
         status, error = RunStatus.COMPLETED, None
         try:
-            records = await self.store.list_messages(log.session_id)
-            history = to_chat_messages(records, self.settings.system_prompt)
+            history = await self._context(log, first_turn)
+            # The store learns `streaming` with the first checkpoint; nothing waits on it.
             log.start()
-            await self.store.set_run_status(log.run_id, RunStatus.STREAMING)
             await agent.stream_to_buffer(history, log)
         except asyncio.CancelledError:
             status = RunStatus.INTERRUPTED if self._shutting_down else RunStatus.CANCELLED

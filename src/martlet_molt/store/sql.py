@@ -287,7 +287,12 @@ class SqlStore:
                 runs.c.run_id == bindparam("b_run_id"),
                 or_(*(runs.c.status == status for status in _UNFINISHED)),
             )
-            .values(content=bindparam("b_content"), events=bindparam("b_events"), updated_at=now)
+            .values(
+                status=RunStatus.STREAMING.value,
+                content=bindparam("b_content"),
+                events=bindparam("b_events"),
+                updated_at=now,
+            )
         )
         parameters = [
             {"b_run_id": c.run_id, "b_content": c.content, "b_events": c.events}
