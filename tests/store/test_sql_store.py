@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from martlet_molt.core.status import RunStatus
-from martlet_molt.errors import Conflict, InvalidRequest, RunNotFound
+from martlet_molt.errors import Conflict, InvalidRequest, RunNotFound, SessionNotFound
 from martlet_molt.store.base import Checkpoint, NewMessage, RunRecord, Store
 from martlet_molt.store.sql import SqlStore
 
@@ -178,6 +178,19 @@ async def test_checkpoint_updates_live_runs_only(store: SqlStore) -> None:
     await store.checkpoint_run("r1", content="stale", events=[1])
     await store.set_run_status("r1", RunStatus.STREAMING)
     assert await store.get_run("r1") == done
+
+
+@pytest.mark.asyncio
+async def test_another_principals_session_is_not_found_and_untouched(store: SqlStore) -> None:
+    await start(store)
+    before = await store.get_session("s1")
+    with pytest.raises(SessionNotFound):
+        await store.start_run(
+            session_id="s1", principal="mallory", run_id="r9", user_message="let me in"
+        )
+    assert await store.get_session("s1") == before
+    assert await store.get_run("r9") is None
+    assert [m.content for m in await store.list_messages("s1")] == ["hello 1"]
 
 
 @pytest.mark.asyncio

@@ -211,6 +211,7 @@ class RunManager:
             existing = await self._find_started(request_key)
             if existing is not None:
                 return existing
+        new_session = session_id is None
         session_id = session_id or new_session_id()
         active = self._active_by_session.get(session_id)
         if active is not None:
@@ -226,9 +227,6 @@ class RunManager:
         if request_key is not None:
             self._by_request[request_key] = run_id
         try:
-            session = await self.store.get_session(session_id)
-            if session is not None and session.principal != principal:
-                raise SessionNotFound(f"session {session_id} not found")
             await self.store.start_run(
                 session_id=session_id,
                 principal=principal,
@@ -245,7 +243,7 @@ class RunManager:
         agent = Agent(self.provider, self.tools, max_rounds=self.settings.max_tool_rounds)
         # A new session's context is known without asking the store: one round trip less
         # before the first token.
-        first_turn = [{"role": "user", "content": message}] if session is None else None
+        first_turn = [{"role": "user", "content": message}] if new_session else None
         task = asyncio.create_task(self._drive(log, agent, first_turn), name=f"run {run_id}")
         self._tasks[run_id] = task
         task.add_done_callback(self._collect)

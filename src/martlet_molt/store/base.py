@@ -110,7 +110,8 @@ class Store(Protocol):
         user_message: str,
         client_request_id: str | None = None,
     ) -> RunRecord:
-        """Create the session if new, save the user message and a `pending` run, atomically."""
+        """Create the session if new, save the user message and a `pending` run, atomically.
+        Another principal's session raises `SessionNotFound` and changes nothing."""
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None:

@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from martlet_molt.core.status import RunStatus
-from martlet_molt.errors import Conflict, InvalidRequest, RunNotFound
+from martlet_molt.errors import Conflict, InvalidRequest, RunNotFound, SessionNotFound
 from martlet_molt.store.base import (
     Checkpoint,
     JsonObject,
@@ -205,7 +205,8 @@ class SqlStore:
         user_message: str,
         client_request_id: str | None = None,
     ) -> RunRecord:
-        """Create the session if new, save the user message and a `pending` run, atomically."""
+        """Create the session if new, save the user message and a `pending` run, atomically.
+        Another principal's session raises `SessionNotFound` and changes nothing."""
         self._check_text(session_id, principal, run_id, user_message, client_request_id)
         now = _now()
         dialect_insert = sqlite_insert if self._sqlite else pg_insert
@@ -216,9 +217,12 @@ class SqlStore:
             index_elements=[sessions_table.c.session_id],
             set_={"updated_at": upsert.excluded.updated_at},
         )
+        upsert = upsert.returning(sessions_table.c.principal)
         try:
             async with self._write() as conn:
-                await conn.execute(upsert)
+                owner = (await conn.execute(upsert)).scalar_one()
+                if owner != principal:  # raising rolls the touch back
+                    raise SessionNotFound(f"session {session_id} not found")
                 question = NewMessage(role="user", content=user_message, run_id=run_id)
                 await conn.execute(_insert_message(session_id, question, now))
                 new_run = insert(runs).values(
