@@ -199,3 +199,18 @@ def test_manager_evicts_by_age_count_and_size() -> None:
     assert manager.evict(now) == 4
     assert manager.get(big.run_id) is None
     assert manager.get(active.run_id) is active
+
+
+def test_every_delta_reads_back_exactly_across_compaction() -> None:
+    """Text is compacted into chunks as it grows; each event still reads back its own piece."""
+    log = _started()
+    pieces = [f"{i}{'é' * (i % 7)}\n" * (1 + i % 3) for i in range(2_000)]
+    seen: list[str] = []
+    for i, piece in enumerate(pieces):
+        log.put_sync(piece)
+        if i % 97 == 0:
+            seen.extend(event.text for event in log.events_after(len(seen)))
+            assert log.full_content == "".join(pieces[: i + 1])
+    seen.extend(event.text for event in log.events_after(len(seen)))
+    assert seen == pieces
+    assert [event.text for event in log.events_after(1_500)] == pieces[1_500:]

@@ -13,6 +13,8 @@ cached. The log ends with exactly one `end` event carrying the final status.
 from __future__ import annotations
 
 import asyncio
+from array import array
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,6 +51,10 @@ class RunEvent:
     data: Mapping[str, Any] | None = None
 
 
+_KINDS = list(EventKind)
+_KIND_CODES = {kind: code for code, kind in enumerate(_KINDS)}
+
+
 def new_run_id() -> str:
     """A fresh, unguessable run id."""
     return f"run_{uuid4().hex}"
@@ -56,6 +62,52 @@ def new_run_id() -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class _Text:
+    """A run's text, held once and compactly: recent pieces are joined into chunks of a few
+    KB, so a token costs its characters rather than a string object of its own."""
+
+    SEAL_PIECES = 256
+    MERGE_BELOW_CHARS = 4096
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+        self.starts: list[int] = []
+        self.tail: list[str] = []
+        self.sealed = 0
+
+    def add(self, piece: str) -> None:
+        self.tail.append(piece)
+        if len(self.tail) >= self.SEAL_PIECES:
+            self.seal()
+
+    def seal(self) -> None:
+        if not self.tail:
+            return
+        joined = "".join(self.tail)
+        self.tail.clear()
+        if self.chunks and len(self.chunks[-1]) < self.MERGE_BELOW_CHARS:
+            self.chunks[-1] += joined
+        else:
+            self.chunks.append(joined)
+            self.starts.append(self.sealed)
+        self.sealed += len(joined)
+
+    def slice(self, start: int, end: int) -> str:
+        """Characters [start, end) of one delta (deltas never straddle two chunks)."""
+        if end > self.sealed:
+            self.seal()
+        index = bisect_right(self.starts, start) - 1
+        base = self.starts[index]
+        return self.chunks[index][start - base : end - base]
+
+    def whole(self) -> str:
+        self.seal()
+        if len(self.chunks) > 1:
+            self.chunks = ["".join(self.chunks)]
+            self.starts = [0]
+        return self.chunks[0] if self.chunks else ""
 
 
 class StreamBuffer:
@@ -73,11 +125,13 @@ class StreamBuffer:
         self.run_id = run_id or new_run_id()
         self.principal = principal
         self.max_chars = max_chars
-        self._events: list[RunEvent] = []
-        self._index: list[Any] = []
-        self._parts: list[str] = []
+        # Per event, compactly: its kind, and the text length so far after it (so a delta's
+        # text is `_text[end of previous event : its end]`); other events' data by seq.
+        self._kinds = bytearray()
+        self._ends = array("q")
+        self._data: dict[int, Mapping[str, Any]] = {}
+        self._text = _Text()
         self._chars = 0
-        self._joined: str | None = ""
         self._status = RunStatus.PENDING
         self._error: str | None = None
         self._usage: dict[str, Any] | None = None
@@ -97,10 +151,7 @@ class StreamBuffer:
     @property
     def full_content(self) -> str:
         """All text the model streamed so far, exactly."""
-        if self._joined is None:
-            self._joined = "".join(self._parts)
-            self._parts = [self._joined] if self._joined else []
-        return self._joined
+        return self._text.whole()
 
     @property
     def content_length(self) -> int:
@@ -120,7 +171,7 @@ class StreamBuffer:
     @property
     def last_seq(self) -> int:
         """The `seq` of the newest event (0 when empty)."""
-        return len(self._events)
+        return len(self._kinds)
 
     @property
     def closed(self) -> bool:
@@ -141,10 +192,10 @@ class StreamBuffer:
     def _append(
         self, kind: EventKind, text: str = "", data: Mapping[str, Any] | None = None
     ) -> None:
-        self._events.append(RunEvent(len(self._events) + 1, kind, text, data))
-        self._index.append(
-            len(text) if kind is EventKind.DELTA else {"kind": kind.value, "data": dict(data or {})}
-        )
+        self._kinds.append(_KIND_CODES[kind])
+        self._ends.append(self._chars)
+        if data is not None:
+            self._data[len(self._kinds)] = data
         self.updated_at = _now()
         if self._waiters:
             for waiter in self._waiters:
@@ -182,9 +233,8 @@ class StreamBuffer:
                 self.run_id,
                 (self.first_token_at - self.created_at).total_seconds(),
             )
-        self._parts.append(chunk)
+        self._text.add(chunk)
         self._chars += len(chunk)
-        self._joined = None
         self._append(EventKind.DELTA, chunk, metadata)
 
     async def put(self, chunk: str, metadata: Mapping[str, Any] | None = None) -> None:
@@ -239,11 +289,20 @@ class StreamBuffer:
 
     def events_after(self, after: int) -> Sequence[RunEvent]:
         """Every event with `seq > after` that is already in the log."""
-        return self._events[max(after, 0) :]
+        first = max(after, 0)
+        return [self._event(seq) for seq in range(first + 1, len(self._kinds) + 1)]
+
+    def _event(self, seq: int) -> RunEvent:
+        kind = _KINDS[self._kinds[seq - 1]]
+        data = self._data.get(seq)
+        if kind is not EventKind.DELTA:
+            return RunEvent(seq, kind, "", data)
+        start = self._ends[seq - 2] if seq > 1 else 0
+        return RunEvent(seq, kind, self._text.slice(start, self._ends[seq - 1]), data)
 
     async def wait(self, after: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until the log has an event past `after` or has ended; False on timeout."""
-        if len(self._events) > after or self.closed:
+        if len(self._kinds) > after or self.closed:
             return True
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -285,7 +344,17 @@ class StreamBuffer:
 
     def replay_index(self) -> list[Any]:
         """The compact form the store keeps: an int per delta (its length), a dict otherwise."""
-        return list(self._index)
+        index: list[Any] = []
+        previous = 0
+        for seq, code in enumerate(self._kinds, start=1):
+            kind = _KINDS[code]
+            end = self._ends[seq - 1]
+            if kind is EventKind.DELTA:
+                index.append(end - previous)
+            else:
+                index.append({"kind": kind.value, "data": dict(self._data.get(seq) or {})})
+            previous = end
+        return index
 
     @classmethod
     def from_saved(
@@ -334,7 +403,7 @@ class StreamBuffer:
             "session_id": self.session_id,
             "status": self._status.value,
             "content_length": self._chars,
-            "events": len(self._events),
+            "events": len(self._kinds),
             "error": self._error,
             "created_at": self.created_at.isoformat(),
             "completed_at": self.completed_at.isoformat() if self.completed_at else None,
