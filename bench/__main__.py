@@ -1,10 +1,11 @@
 """`python -m bench [--quick] [--only 1,3] [--profile]`: run the benchmark suite.
 
 Every scenario starts its own processes on 127.0.0.1 (fake upstream, gateway, load client;
-the pass-through proxy for scenario 0), bounds every loop in count and time, and stops
-everything when it ends. Results: `bench/results/<timestamp>.json` and `.md`; plots: PNG files
-in `docs/bench/` after a complete full run, else next to the results (so smoke, partial and
-profiled runs never overwrite the committed plots).
+the pass-through proxy for scenario 0; the local model server for scenario 8), bounds every
+loop in count and time, and stops everything when it ends. Results:
+`bench/results/<timestamp>.json` and `.md`; plots: PNG files in `docs/bench/` after a complete
+full run, else next to the results (so smoke, partial and profiled runs never overwrite the
+committed plots).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from bench import plots, report
 from bench.harness import Context
 from bench.procs import ROOT
+from bench.scenarios_local import local_model
 from bench.scenarios_relay import long_replies, relay, ttft
 from bench.scenarios_runs import fanout, resume
 from bench.scenarios_scale import concurrency
@@ -33,6 +35,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], None]]] = {
     "5": ("fan-out", fanout),
     "6": ("resume", resume),
     "7": ("long replies", long_replies),
+    "8": ("local model, direct vs through the gateway", local_model),
 }
 ALIASES = {"0": "2"}
 
@@ -42,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Run the benchmark suite.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
     parser.add_argument(
-        "--only", default="", help="comma-separated scenario numbers (0-7), default all"
+        "--only", default="", help="comma-separated scenario numbers (0-8), default all"
     )
     parser.add_argument(
         "--profile",
@@ -68,7 +71,7 @@ def selected(only: str) -> list[str]:
     keys = [ALIASES.get(k.strip(), k.strip()) for k in only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SCENARIOS]
     if unknown:
-        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; choose from 0-7")
+        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; choose from 0-8")
     return [k for k in SCENARIOS if k in keys]
 
 

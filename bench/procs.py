@@ -1,5 +1,5 @@
-"""The processes a scenario runs (fake upstream, gateway, pass-through proxy) and the monitor
-that samples their RSS and CPU while the load client works."""
+"""The processes a scenario runs (fake upstream, gateway, pass-through proxy, local model) and
+the monitor that samples their RSS and CPU while the load client works."""
 
 from __future__ import annotations
 
@@ -184,6 +184,28 @@ def start_passthrough(log_dir: Path, upstream: Service) -> Service:
     service = _spawn("passthrough", cmd, cwd=ROOT, env=_clean_env({}), log_dir=log_dir, port=port)
     _wait_ready(service)
     return service
+
+
+def start_local_model(
+    log_dir: Path, *, parallel: int = 1, threads: int = 0
+) -> tuple[Service, str, str]:
+    """The gateway's local model as its own process (`bench.local_model`); returns the service
+    (its port read back from the `READY <base_url> <model>` line), base URL and model name."""
+    cmd = [PYTHON, "-m", "bench.local_model", "--parallel", str(parallel)]
+    cmd += ["--threads", str(threads)]  # 0: every CPU
+    service = _spawn("model", cmd, cwd=ROOT, env=_clean_env({}), log_dir=log_dir, port=0)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise RuntimeError(f"model server exited:\n{service.log_tail()}")
+        for line in service.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("READY "):
+                _, base_url, model = line.split()
+                service.port = int(base_url.rsplit(":", 1)[1].split("/", 1)[0])
+                return service, base_url, model
+        time.sleep(0.05)
+    service.stop()
+    raise RuntimeError(f"model server did not start:\n{service.log_tail()}")
 
 
 def run_queue_wait(pid: int) -> float:
