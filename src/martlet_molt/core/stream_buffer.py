@@ -189,9 +189,7 @@ class StreamBuffer:
 
     # -- writing -------------------------------------------------------------------------
 
-    def _append(
-        self, kind: EventKind, text: str = "", data: Mapping[str, Any] | None = None
-    ) -> None:
+    def _append(self, kind: EventKind, data: Mapping[str, Any] | None = None) -> None:
         self._kinds.append(_KIND_CODES[kind])
         self._ends.append(self._chars)
         if data is not None:
@@ -235,7 +233,7 @@ class StreamBuffer:
             )
         self._text.add(chunk)
         self._chars += len(chunk)
-        self._append(EventKind.DELTA, chunk, metadata)
+        self._append(EventKind.DELTA, metadata)
 
     async def put(self, chunk: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Append a text delta (never waits for readers; async for the handoff's callers)."""
