@@ -43,7 +43,8 @@ from martlet_molt.store.base import Checkpoint, RunRecord, Store
 
 PROVIDER_HINT = (
     "no model provider is configured: set OPENAI_API_KEY (and optionally OPENAI_BASE_URL) "
-    "or OPENAI_BASE_URL for a local OpenAI-compatible server, then restart"
+    "or OPENAI_BASE_URL for a local OpenAI-compatible server, then restart; or unset "
+    "MARTLET_PROVIDER to answer with the built-in local model"
 )
 
 
