@@ -24,6 +24,7 @@ from loguru import logger
 
 from martlet_molt.config import Settings
 from martlet_molt.core.agent import Agent
+from martlet_molt.core.memory import TRIM_AFTER_EVICTED, release_memory
 from martlet_molt.core.session import new_session_id, to_chat_messages
 from martlet_molt.core.status import RunStatus
 from martlet_molt.core.stream_buffer import StreamBuffer, StreamBufferManager, new_run_id
@@ -141,6 +142,8 @@ class RunManager:
             evicted = self.logs.evict()
             if evicted:
                 logger.debug("evicted {} finished stream logs", evicted)
+            if evicted >= TRIM_AFTER_EVICTED:
+                release_memory()
 
     async def _checkpoint_periodically(self) -> None:
         while True:
