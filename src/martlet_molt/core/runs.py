@@ -18,6 +18,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from loguru import logger
@@ -123,6 +124,7 @@ class RunManager:
         self._accepting = True
         self._shutting_down = False
         self._by_request: dict[tuple[str, str, str], str] = {}
+        self._request_of_run: dict[str, tuple[str, str, str]] = {}
         self._checkpointed: dict[str, int] = {}
         self._chores: list[asyncio.Task[None]] = []
         self.metrics.watch_active_runs(lambda: len(self._tasks))
@@ -230,6 +232,7 @@ class RunManager:
         self._active_by_session[session_id] = run_id
         if request_key is not None:
             self._by_request[request_key] = run_id
+            self._request_of_run[run_id] = request_key
         try:
             await self.store.start_run(
                 session_id=session_id,
@@ -242,6 +245,7 @@ class RunManager:
             self._active_by_session.pop(session_id, None)
             if request_key is not None:
                 self._by_request.pop(request_key, None)
+                self._request_of_run.pop(run_id, None)
             self.logs.remove(run_id)
             raise
         agent = Agent(self.provider, self.tools, max_rounds=self.settings.max_tool_rounds)
@@ -250,7 +254,7 @@ class RunManager:
         first_turn = [{"role": "user", "content": message}] if new_session else None
         task = asyncio.create_task(self._drive(log, agent, first_turn), name=f"run {run_id}")
         self._tasks[run_id] = task
-        task.add_done_callback(self._collect)
+        task.add_done_callback(partial(self._collect, run_id))
         self.metrics.run_started()
         logger.info(
             "run {} started in session {} (model {})", run_id, session_id, self.provider.model
@@ -274,13 +278,11 @@ class RunManager:
         logger.info("request {} attaches to its run {}", client_request_id, run_id)
         return await self.get_log(run_id, principal)
 
-    def _collect(self, task: asyncio.Task[None]) -> None:
+    def _collect(self, run_id: str, task: asyncio.Task[None]) -> None:
         """Drop a finished task and surface anything it raised that `_drive` did not handle."""
-        for run_id, held in list(self._tasks.items()):
-            if held is task:
-                del self._tasks[run_id]
-                self._cancelling.discard(run_id)
-                self._checkpointed.pop(run_id, None)
+        self._tasks.pop(run_id, None)
+        self._cancelling.discard(run_id)
+        self._checkpointed.pop(run_id, None)
         if not task.cancelled() and task.exception() is not None:
             logger.opt(exception=task.exception()).error("run task {} crashed", task.get_name())
 
@@ -367,8 +369,9 @@ class RunManager:
         """Free the session for its next run, then tell the readers (no await between)."""
         if self._active_by_session.get(log.session_id) == log.run_id:
             del self._active_by_session[log.session_id]
-        for key in [k for k, run_id in self._by_request.items() if run_id == log.run_id]:
-            del self._by_request[key]
+        request_key = self._request_of_run.pop(log.run_id, None)
+        if request_key is not None:
+            self._by_request.pop(request_key, None)
         if status is RunStatus.COMPLETED:
             log.complete()
         elif status is RunStatus.CANCELLED:
