@@ -160,7 +160,7 @@ def start_gateway(
         {
             "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream.port}/v1",
             "OPENAI_API_KEY": "bench",
-            "MARTLET_DATABASE_URL": f"sqlite+aiosqlite:///{log_dir / 'martlet.db'}",
+            "MARTLET_DATABASE_URL": f"sqlite:///{log_dir / 'martlet.db'}",
             **settings,
         }
     )

@@ -18,7 +18,7 @@ import psutil
 from bench.harness import Context, Row
 
 PACKAGES = ("uvicorn", "uvloop", "httptools", "starlette", "fastapi", "sse-starlette", "openai",
-            "httpx", "sqlalchemy", "aiosqlite", "pydantic")  # fmt: skip
+            "httpx", "sqlalchemy", "asyncpg", "pydantic")  # fmt: skip
 
 
 def machine() -> dict[str, Any]:

@@ -52,7 +52,7 @@ def make_gateway(upstream: FakeUpstream, model: str, tmp_path: Path) -> Iterator
             "openai_base_url": upstream.base_url,
             "openai_api_key": "test-key",
             "model": model,
-            "database_url": f"sqlite+aiosqlite:///{tmp_path / 'martlet.db'}",
+            "database_url": f"sqlite:///{tmp_path / 'martlet.db'}",
             "eviction_interval_seconds": 0.5,
             "shutdown_grace_seconds": 5,
         }

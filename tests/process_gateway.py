@@ -214,7 +214,7 @@ class ProcessGateways:
                 "OPENAI_BASE_URL": self.upstream.base_url,
                 "OPENAI_API_KEY": "test-key",
                 "MARTLET_MODEL": self.model,
-                "MARTLET_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+                "MARTLET_DATABASE_URL": f"sqlite:///{db_path}",
                 "MARTLET_LOG_LEVEL": "INFO",
                 **settings,
             }

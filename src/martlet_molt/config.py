@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./martlet.db"
+DEFAULT_DATABASE_URL = "sqlite:///./martlet.db"
 
 
 class Settings(BaseSettings):

@@ -44,7 +44,7 @@ class GatedProvider:
 
 @pytest_asyncio.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = create_store(f"sqlite+aiosqlite:///{tmp_path / 'runs.db'}")
+    opened = create_store(f"sqlite:///{tmp_path / 'runs.db'}")
     await opened.open()
     yield opened
     await opened.close()

@@ -214,3 +214,25 @@ def test_every_delta_reads_back_exactly_across_compaction() -> None:
     seen.extend(event.text for event in log.events_after(len(seen)))
     assert seen == pieces
     assert [event.text for event in log.events_after(1_500)] == pieces[1_500:]
+
+
+def test_checkpoints_are_the_increments_since_the_last_one() -> None:
+    """Each checkpoint carries only the events since the previous one (text and index);
+    joined in order they rebuild exactly what the run streamed, across chunk boundaries."""
+    log = _started()
+    pieces = [f"{i}{'é' * (i % 5)}-" * (1 + i % 4) for i in range(3_000)]
+    saved_text: list[str] = []
+    saved_index: list[object] = []
+    saved_through = 0
+    for i, piece in enumerate(pieces):
+        log.put_sync(piece)
+        if i == 1_000:
+            log.add_tool_call(call_id="c1", name="calculator", arguments="{}")
+        if i % 409 == 0 or i == len(pieces) - 1:
+            saved_text.append(log.content_after(saved_through))
+            saved_index.extend(log.replay_index(saved_through))
+            saved_through = log.last_seq
+    assert "".join(saved_text) == "".join(pieces) == log.full_content
+    assert saved_index == log.replay_index()
+    assert log.content_after(log.last_seq) == ""
+    assert log.replay_index(log.last_seq) == []

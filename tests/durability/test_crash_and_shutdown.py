@@ -120,12 +120,21 @@ async def wait_final(client: httpx.AsyncClient, run_id: str) -> Json:
             await asyncio.sleep(0.02)
 
 
+# A run's saved reply: its row, then its checkpoints' parts in order (a live run's row is empty).
+SAVED_CONTENT = (
+    "runs.content || coalesce((SELECT group_concat(content, '') FROM "
+    "(SELECT content FROM run_parts WHERE run_parts.run_id = runs.run_id ORDER BY part)), '')"
+)
+
+
 async def wait_checkpoint(gateway: GatewayProcess, run_id: str, at_least: int) -> str:
     """Poll the database file (read-only) until the run's saved partial reply holds at least
     `at_least` characters; returns what it holds."""
     async with asyncio.timeout(WAIT):
         while True:
-            rows = gateway.query("SELECT status, content FROM runs WHERE run_id = ?", (run_id,))
+            rows = gateway.query(
+                f"SELECT status, {SAVED_CONTENT} FROM runs WHERE run_id = ?", (run_id,)
+            )
             if rows:
                 status, content = rows[0]
                 assert status == "streaming", rows
@@ -136,7 +145,7 @@ async def wait_checkpoint(gateway: GatewayProcess, run_id: str, at_least: int) -
 
 def run_rows(db_path: Path) -> dict[str, tuple[str, str, str | None]]:
     """run_id -> (status, content, error) of every saved run (the file opened read-only)."""
-    rows = read_only_query(db_path, "SELECT run_id, status, content, error FROM runs")
+    rows = read_only_query(db_path, f"SELECT run_id, status, {SAVED_CONTENT}, error FROM runs")
     return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
 

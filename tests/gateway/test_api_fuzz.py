@@ -75,7 +75,7 @@ def gateway_url(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
         openai_base_url=upstream.base_url,
         openai_api_key="test-key",
         model=MODEL,
-        database_url=f"sqlite+aiosqlite:///{database}",
+        database_url=f"sqlite:///{database}",
         max_message_chars=2_000,
         max_body_bytes=64 * 1024,
         sse_ping_seconds=0.2,

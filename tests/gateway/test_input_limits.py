@@ -47,7 +47,7 @@ def gateway(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) ->
         openai_base_url=upstream.base_url,
         openai_api_key="test-key",
         model=MODEL,
-        database_url=f"sqlite+aiosqlite:///{database}",
+        database_url=f"sqlite:///{database}",
         max_message_chars=MAX_MESSAGE_CHARS,
         max_body_bytes=MAX_BODY_BYTES,
         sse_ping_seconds=0.2,

@@ -161,7 +161,7 @@ async def test_each_gateway_counts_only_its_own_runs(
 ) -> None:
     first = make_gateway()
     other_db = tmp_path_factory.mktemp("other") / "martlet.db"
-    second = make_gateway(database_url=f"sqlite+aiosqlite:///{other_db}")
+    second = make_gateway(database_url=f"sqlite:///{other_db}")
     script(upstream, model, tokens=["one"])
     async with client_for(first) as a, client_for(second) as b:
         assert (await a.post("/chat", json={"message": "hi"})).json()["status"] == "completed"

@@ -27,7 +27,7 @@ def local_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayP
     db_path = directory / "martlet.db"
     env = clean_env(
         {
-            "MARTLET_DATABASE_URL": f"sqlite+aiosqlite:///{db_path}",
+            "MARTLET_DATABASE_URL": f"sqlite:///{db_path}",
             "MARTLET_MAX_TOKENS": str(MAX_TOKENS),
             "MARTLET_LOCAL_PARALLEL": "2",
             "MARTLET_SSE_PING_SECONDS": "0.5",

@@ -61,7 +61,7 @@ async def _drop_postgres_database(url: str) -> None:
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A URL to an empty database of each backend (the SQLite file's directory is missing)."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'nested' / 'dir' / 'martlet.db'}"
+        yield f"sqlite:///{tmp_path / 'nested' / 'dir' / 'martlet.db'}"
         return
     url = await _create_postgres_database()
     try:

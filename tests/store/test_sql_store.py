@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from martlet_molt.core.status import RunStatus
 from martlet_molt.errors import Conflict, InvalidRequest, RunNotFound, SessionNotFound
 from martlet_molt.store.base import Checkpoint, NewMessage, RunRecord, Store
+from martlet_molt.store.schema import SCHEMA_VERSION
 from martlet_molt.store.sql import SqlStore
 
 EVENTS: list[Any] = [
@@ -178,6 +179,30 @@ async def test_checkpoint_updates_live_runs_only(store: SqlStore) -> None:
     await store.checkpoint_run("r1", content="stale", events=[1])
     await store.set_run_status("r1", RunStatus.STREAMING)
     assert await store.get_run("r1") == done
+
+
+@pytest.mark.asyncio
+async def test_checkpoints_append_and_finishing_folds_them(store: SqlStore) -> None:
+    """Each checkpoint carries only what is new; the run reads as everything so far."""
+    await start(store)
+    await store.checkpoint_run("r1", content="Hel", events=[{"kind": "tool_call"}, 3])
+    await store.checkpoint_run("r1", content="lo, ", events=[2, 2])
+    await store.checkpoint_run("r1", content="world", events=[5])
+    live = await store.get_run("r1")
+    assert live is not None
+    assert (live.status, live.content) == (RunStatus.STREAMING, "Hello, world")
+    assert live.events == [{"kind": "tool_call"}, 3, 2, 2, 5]
+    assert [r.content for r in await store.unfinished_runs()] == ["Hello, world"]
+    found = await store.find_run_by_request(session_id="s1", client_request_id="nope")
+    assert found is None
+
+    done = await finish(store, "r1", content="Hello, world!", events=[13])
+    assert (done.content, done.events) == ("Hello, world!", [13])
+    assert await store.get_run("r1") == done
+    parts = await store._read(  # pyright: ignore[reportPrivateUsage]
+        lambda conn: conn.execute(text("SELECT count(*) FROM run_parts")).scalar()
+    )
+    assert parts == 0
 
 
 @pytest.mark.asyncio
@@ -460,20 +485,50 @@ async def test_open_twice_on_same_database(store_url: str) -> None:
         await asyncio.gather(*(start(second if n % 2 else third, n) for n in range(2, 22)))
         _, total = await third.list_sessions(principal="alice", limit=1, offset=0)
         assert total == 21
-        async with second._read() as conn:  # pyright: ignore[reportPrivateUsage]
-            versions = (await conn.execute(text("SELECT version FROM schema_version"))).all()
-        assert [tuple(v) for v in versions] == [(1,)]
+        versions = await second._read(  # pyright: ignore[reportPrivateUsage]
+            lambda conn: conn.execute(text("SELECT version FROM schema_version")).all()
+        )
+        assert [tuple(v) for v in versions] == [(SCHEMA_VERSION,)]
     finally:
         await second.close()
         await third.close()
 
 
 @pytest.mark.asyncio
+async def test_upgrades_a_version_1_database(tmp_path: Path) -> None:
+    """A database from before checkpoint parts gets the new table and keeps its rows."""
+    path = tmp_path / "old.db"
+    store = SqlStore(f"sqlite:///{path}")
+    await store.open()
+    await start(store)
+    await store.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP TABLE run_parts")
+        raw.execute("UPDATE schema_version SET version = 1")
+    raw.close()
+
+    store = SqlStore(f"sqlite:///{path}")
+    await store.open()
+    try:
+        assert await store.get_run("r1") is not None
+        await store.checkpoint_run("r1", content="partial", events=[7])
+        record = await store.get_run("r1")
+        assert record is not None
+        assert record.content == "partial"
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    raw.close()
+
+
+@pytest.mark.asyncio
 async def test_refuses_a_newer_schema(store_url: str) -> None:
     store = SqlStore(store_url)
     await store.open()
-    async with store._write() as conn:  # pyright: ignore[reportPrivateUsage]
-        await conn.execute(text("UPDATE schema_version SET version = 99"))
+    await store._write(  # pyright: ignore[reportPrivateUsage]
+        lambda conn: conn.execute(text("UPDATE schema_version SET version = 99"))
+    )
     await store.close()
     with pytest.raises(RuntimeError, match="newer"):
         await SqlStore(store_url).open()
@@ -493,14 +548,15 @@ async def test_closed_store_raises_and_reopens(store: SqlStore) -> None:
 @pytest.mark.asyncio
 async def test_sqlite_file_is_tuned(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "m.db"
-    store = SqlStore(f"sqlite+aiosqlite:///{path}")
+    store = SqlStore(f"sqlite:///{path}")
     await store.open()
     try:
-        async with store._read() as conn:  # pyright: ignore[reportPrivateUsage]
-            pragmas = {
-                name: (await conn.execute(text(f"PRAGMA {name}"))).scalar()
+        pragmas = await store._read(  # pyright: ignore[reportPrivateUsage]
+            lambda conn: {
+                name: conn.execute(text(f"PRAGMA {name}")).scalar()
                 for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")
             }
+        )
         assert pragmas == {
             "journal_mode": "wal",
             "foreign_keys": 1,
@@ -524,7 +580,7 @@ async def test_sqlite_file_is_tuned(tmp_path: Path) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:"])
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+aiosqlite://"])
 async def test_in_memory_sqlite(url: str) -> None:
     store = SqlStore(url)
     assert make_url(url).get_backend_name() == "sqlite"

@@ -70,7 +70,7 @@ def main() -> None:
             openai_base_url=upstream.base_url,
             openai_api_key="demo",
             model=MODEL,
-            database_url=f"sqlite+aiosqlite:///{Path(folder) / 'demo.db'}",
+            database_url=f"sqlite:///{Path(folder) / 'demo.db'}",
         )
         with GatewayServer(settings) as gateway, sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

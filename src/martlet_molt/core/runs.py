@@ -127,6 +127,7 @@ class RunManager:
         self._request_of_run: dict[str, tuple[str, str, str]] = {}
         self._checkpointed: dict[str, int] = {}
         self._chores: list[asyncio.Task[None]] = []
+        self._beginning: set[asyncio.Task[None]] = set()
         self.metrics.watch_active_runs(lambda: len(self._tasks))
 
     # -- life cycle ----------------------------------------------------------------------
@@ -153,17 +154,18 @@ class RunManager:
             await self.checkpoint()
 
     async def checkpoint(self) -> None:
-        """Write the partial reply of every run that grew since its last checkpoint, in one
-        batch (never a write per token)."""
+        """Append what every live run streamed since its last checkpoint, in one batch (never
+        a write per token, never the whole reply again)."""
         batch: list[Checkpoint] = []
         seqs: dict[str, int] = {}
         for run_id in list(self._tasks):
             log = self.logs.get(run_id)
             if log is None or log.status is not RunStatus.STREAMING:
                 continue
-            if self._checkpointed.get(run_id) == log.last_seq:
+            saved = self._checkpointed.get(run_id, 0)
+            if saved == log.last_seq:
                 continue
-            batch.append(Checkpoint(run_id, log.full_content, log.replay_index()))
+            batch.append(Checkpoint(run_id, log.content_after(saved), log.replay_index(saved)))
             seqs[run_id] = log.last_seq
         if not batch:
             return
@@ -180,6 +182,8 @@ class RunManager:
         """Stop taking runs, let running ones finish within the grace period, interrupt the
         rest (their partial replies are saved), and stop eviction."""
         self._accepting = False
+        if self._beginning:  # runs being saved right now start (or fail) before the drain
+            await asyncio.wait(set(self._beginning))
         grace = self.settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         running = list(self._tasks.values())
         if running:
@@ -233,33 +237,52 @@ class RunManager:
         if request_key is not None:
             self._by_request[request_key] = run_id
             self._request_of_run[run_id] = request_key
+        # A new session's context is known without asking the store: one round trip less
+        # before the first token.
+        first_turn: list[ChatMessage] | None = (
+            [{"role": "user", "content": message}] if new_session else None
+        )
+        # Shielded: once the question is on its way to the store, the run starts if it is
+        # saved, even if the request that asked goes away meanwhile.
+        beginning = asyncio.create_task(
+            self._begin(log, self.provider, message, client_request_id, first_turn)
+        )
+        self._beginning.add(beginning)
+        beginning.add_done_callback(self._beginning.discard)
+        await asyncio.shield(beginning)
+        return log
+
+    async def _begin(
+        self,
+        log: StreamBuffer,
+        provider: Provider,
+        message: str,
+        client_request_id: str | None,
+        first_turn: list[ChatMessage] | None,
+    ) -> None:
+        """Save the question and a pending run, then start the run's task."""
+        run_id, session_id = log.run_id, log.session_id
         try:
             await self.store.start_run(
                 session_id=session_id,
-                principal=principal,
+                principal=log.principal,
                 run_id=run_id,
                 user_message=message,
                 client_request_id=client_request_id,
             )
         except BaseException:
             self._active_by_session.pop(session_id, None)
+            request_key = self._request_of_run.pop(run_id, None)
             if request_key is not None:
                 self._by_request.pop(request_key, None)
-                self._request_of_run.pop(run_id, None)
             self.logs.remove(run_id)
             raise
-        agent = Agent(self.provider, self.tools, max_rounds=self.settings.max_tool_rounds)
-        # A new session's context is known without asking the store: one round trip less
-        # before the first token.
-        first_turn = [{"role": "user", "content": message}] if new_session else None
+        agent = Agent(provider, self.tools, max_rounds=self.settings.max_tool_rounds)
         task = asyncio.create_task(self._drive(log, agent, first_turn), name=f"run {run_id}")
         self._tasks[run_id] = task
         task.add_done_callback(partial(self._collect, run_id))
         self.metrics.run_started()
-        logger.info(
-            "run {} started in session {} (model {})", run_id, session_id, self.provider.model
-        )
-        return log
+        logger.info("run {} started in session {} (model {})", run_id, session_id, provider.model)
 
     async def _find_started(self, request_key: tuple[str, str, str]) -> StreamBuffer | None:
         """The run a retried request already started (in memory, else in the store)."""

@@ -102,6 +102,20 @@ class _Text:
         base = self.starts[index]
         return self.chunks[index][start - base : end - base]
 
+    def between(self, start: int, end: int) -> str:
+        """Characters [start, end) of the whole text, across chunks."""
+        if end > self.sealed:
+            self.seal()
+        if start >= end:
+            return ""
+        index = bisect_right(self.starts, start) - 1
+        pieces: list[str] = []
+        while index < len(self.chunks) and self.starts[index] < end:
+            base = self.starts[index]
+            pieces.append(self.chunks[index][max(start - base, 0) : end - base])
+            index += 1
+        return "".join(pieces)
+
     def whole(self) -> str:
         self.seal()
         if len(self.chunks) > 1:
@@ -285,10 +299,14 @@ class StreamBuffer:
 
     # -- reading -------------------------------------------------------------------------
 
-    def events_after(self, after: int) -> Sequence[RunEvent]:
-        """Every event with `seq > after` that is already in the log."""
+    def events_after(self, after: int, limit: int | None = None) -> Sequence[RunEvent]:
+        """The events with `seq > after` that are already in the log: all of them, or the
+        first `limit` (a reader far behind then builds a bounded batch, not the whole rest)."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
         first = max(after, 0)
-        return [self._event(seq) for seq in range(first + 1, len(self._kinds) + 1)]
+        last = len(self._kinds) if limit is None else min(len(self._kinds), first + limit)
+        return [self._event(seq) for seq in range(first + 1, last + 1)]
 
     def _event(self, seq: int) -> RunEvent:
         kind = _KINDS[self._kinds[seq - 1]]
@@ -313,11 +331,14 @@ class StreamBuffer:
                 self._waiters.remove(waiter)
         return True
 
-    async def read_batches(self, after: int = 0) -> AsyncIterator[Sequence[RunEvent]]:
-        """Every event past `after`, in batches of what is available, until the end event."""
+    async def read_batches(
+        self, after: int = 0, limit: int | None = None
+    ) -> AsyncIterator[Sequence[RunEvent]]:
+        """Every event past `after`, in batches of what is available (at most `limit` events
+        each, if given), until the end event."""
         cursor = after
         while True:
-            batch = self.events_after(cursor)
+            batch = self.events_after(cursor, limit)
             if batch:
                 cursor = batch[-1].seq
                 yield batch
@@ -340,12 +361,20 @@ class StreamBuffer:
 
     # -- persistence ---------------------------------------------------------------------
 
-    def replay_index(self) -> list[Any]:
-        """The compact form the store keeps: an int per delta (its length), a dict otherwise."""
+    def _chars_through(self, seq: int) -> int:
+        return self._ends[seq - 1] if seq > 0 else 0
+
+    def content_after(self, after: int) -> str:
+        """The text of the events past `after`: what a checkpoint adds to the saved reply."""
+        return self._text.between(self._chars_through(after), self._chars)
+
+    def replay_index(self, after: int = 0) -> list[Any]:
+        """The compact form the store keeps, for the events past `after`: an int per delta
+        (its length), a dict otherwise."""
         index: list[Any] = []
-        previous = 0
-        for seq, code in enumerate(self._kinds, start=1):
-            kind = _KINDS[code]
+        previous = self._chars_through(after)
+        for seq in range(after + 1, len(self._kinds) + 1):
+            kind = _KINDS[self._kinds[seq - 1]]
             end = self._ends[seq - 1]
             if kind is EventKind.DELTA:
                 index.append(end - previous)

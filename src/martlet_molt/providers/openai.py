@@ -3,6 +3,8 @@ official SDK, streamed as typed deltas."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
@@ -24,6 +26,8 @@ from martlet_molt.providers.base import (
 
 # Local servers accept any key; the SDK insists on one.
 PLACEHOLDER_API_KEY = "not-needed"
+# How long to wait, after `[DONE]`, for the body to end so its connection can be reused.
+DRAIN_SECONDS = 1.0
 
 
 class OpenAIProvider:
@@ -83,8 +87,10 @@ class OpenAIProvider:
         )
         try:
             async with request as response:
-                async for payload in data_payloads(response.iter_bytes()):
+                payloads = data_payloads(response.iter_bytes())
+                async for payload in payloads:
                     if payload == b"[DONE]":
+                        await _drain(payloads)
                         break
                     for delta in parse_chunk(payload):
                         yield delta
@@ -100,6 +106,16 @@ class OpenAIProvider:
     async def aclose(self) -> None:
         """Close the SDK's HTTP client."""
         await self._client.close()
+
+
+async def _drain(payloads: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]` (normally only the end of the body), so the connection goes
+    back to the pool instead of being closed: the next run skips a TCP (and TLS) handshake.
+    The reply is complete by now, so an upstream that lingers or drops is simply left."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in payloads:
+                pass
 
 
 async def data_payloads(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

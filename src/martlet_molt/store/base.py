@@ -79,7 +79,8 @@ class RunRecord:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """The partial reply of a live run, as of now."""
+    """What a live run streamed since its previous checkpoint: the new text and the replay
+    index entries of the new events. Checkpoints append; they never rewrite the reply."""
 
     run_id: str
     content: str
@@ -115,7 +116,7 @@ class Store(Protocol):
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None:
-        """The run, or None."""
+        """The run, or None; a live run's content is everything checkpointed so far."""
         ...
 
     async def find_run_by_request(
@@ -129,12 +130,12 @@ class Store(Protocol):
         ...
 
     async def checkpoint_run(self, run_id: str, *, content: str, events: list[Any]) -> None:
-        """Save the partial reply of a live run."""
+        """Append what a live run streamed since its previous checkpoint."""
         ...
 
     async def checkpoint_runs(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Save the partial replies of many live runs in one transaction; final runs are
-        never overwritten."""
+        """Append many live runs' new text in one transaction (marking them `streaming`);
+        final runs are never touched."""
         ...
 
     async def finish_run(

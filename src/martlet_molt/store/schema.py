@@ -26,7 +26,7 @@ from sqlalchemy import (
 from martlet_molt.core.status import RunStatus
 from martlet_molt.store.base import MessageRecord, RunRecord, SessionRecord
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: run_parts
 
 # Identifiers and enum-like values; long enough for UUIDs, principals and client request ids.
 _ID = 255
@@ -121,6 +121,23 @@ runs = Table(
     Column("completed_at", UtcDateTime, nullable=True),
     Index("ix_runs_session", "session_id"),
     Index("ix_runs_status", "status"),
+)
+
+# A live run's checkpoints: each one appends the text and replay-index entries streamed since
+# the previous one, so a checkpoint costs what is new, never the whole reply again. A run's
+# saved state is its `runs` row followed by its parts; finishing folds them into the row.
+run_parts = Table(
+    "run_parts",
+    metadata,
+    Column(
+        "run_id",
+        String(_ID),
+        ForeignKey("runs.run_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("part", Integer, primary_key=True, autoincrement=False),
+    Column("content", Text, nullable=False),
+    Column("events", JSON, nullable=False),
 )
 
 # A client's retry of the same request must find its run, never start a second one.

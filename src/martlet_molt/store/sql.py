@@ -1,29 +1,29 @@
-"""`SqlStore`: the `Store` protocol on SQLAlchemy 2 async, one code path for SQLite and PostgreSQL.
+"""`SqlStore`: the `Store` protocol on SQLAlchemy 2 Core, one code path for SQLite and PostgreSQL.
+
+Each operation is one synchronous function of a `Connection`, run whole as one transaction by
+`store.transactions` (SQLite on its own threads, PostgreSQL on asyncpg). Statements are built
+once, at import, and executed with parameters, so a call pays no statement construction.
 
 SQLite (the default) is tuned for a gateway: WAL so readers never block the writer, a busy
-timeout, foreign keys on, and every write serialised in-process by an `asyncio.Lock` and taken
-with `BEGIN IMMEDIATE` so that a second process waits for the file lock instead of failing
-half-way through a transaction. PostgreSQL needs none of that.
+timeout, foreign keys on, one writer thread that queues writes, and `BEGIN IMMEDIATE` so that a
+second process waits for the file lock instead of failing half-way through a transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncGenerator, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Connection,
-    Insert,
     RowMapping,
-    Select,
+    String,
+    Text,
     bindparam,
     delete,
-    event,
     func,
     insert,
     or_,
@@ -32,11 +32,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from martlet_molt.core.status import RunStatus
 from martlet_molt.errors import Conflict, InvalidRequest, RunNotFound, SessionNotFound
@@ -52,6 +49,7 @@ from martlet_molt.store.schema import (
     SCHEMA_VERSION,
     message_record,
     metadata,
+    run_parts,
     run_record,
     runs,
     schema_version,
@@ -59,9 +57,9 @@ from martlet_molt.store.schema import (
 )
 from martlet_molt.store.schema import messages as messages_table
 from martlet_molt.store.schema import sessions as sessions_table
+from martlet_molt.store.transactions import T, Transactions, Work, open_transactions
 
 _UNFINISHED = (RunStatus.PENDING.value, RunStatus.STREAMING.value)
-_WRITE_OPTION = "martlet_write"  # connection execution option: this transaction will write
 _SCHEMA_LOCK_KEY = 0x6D6F6C74  # PostgreSQL advisory lock held while creating the schema
 
 
@@ -69,122 +67,159 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _is_memory(url: URL) -> bool:
-    return url.database in (None, "", ":memory:")
+def _is_unfinished(status: Any) -> Any:
+    # `IN (...)` expands per statement, which executemany cannot do; spell it out.
+    return or_(*(status == value for value in _UNFINISHED))
 
 
-def _insert_message(session_id: str, message: NewMessage, at: datetime) -> Insert:
-    values = {**asdict(message), "status": message.status.value}
-    return insert(messages_table).values(session_id=session_id, created_at=at, **values)
+def _session_upsert(dialect_insert: Any) -> Any:
+    """Create a session or touch it, handing back its owner either way."""
+    upsert = dialect_insert(sessions_table)
+    return upsert.on_conflict_do_update(
+        index_elements=[sessions_table.c.session_id],
+        set_={"updated_at": upsert.excluded.updated_at},
+    ).returning(sessions_table.c.principal)
 
 
-def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
-    """Tune every new SQLite connection, and take transaction control away from the driver."""
-    # sqlite3's legacy mode would BEGIN lazily and only before DML; `_sqlite_on_begin` decides.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    for pragma in (
-        "PRAGMA journal_mode=WAL",
-        "PRAGMA busy_timeout=5000",
-        "PRAGMA foreign_keys=ON",
-        "PRAGMA synchronous=NORMAL",
-    ):
-        cursor.execute(pragma)
-    cursor.close()
+_UPSERT_SESSION = {
+    "sqlite": _session_upsert(sqlite_insert),
+    "postgresql": _session_upsert(pg_insert),
+}
+_INSERT_MESSAGE = insert(messages_table)
+_INSERT_RUN = insert(runs)
+_SELECT_RUN = select(runs).where(runs.c.run_id == bindparam("run_id"))
+_SELECT_RUN_BY_REQUEST = select(runs).where(
+    runs.c.session_id == bindparam("session_id"),
+    runs.c.client_request_id == bindparam("client_request_id"),
+)
+_SELECT_PARTS = (
+    select(run_parts.c.content, run_parts.c.events)
+    .where(run_parts.c.run_id == bindparam("run_id"))
+    .order_by(run_parts.c.part)
+)
+_MARK_STREAMING = (
+    update(runs)
+    .where(runs.c.run_id == bindparam("b_run_id"), _is_unfinished(runs.c.status))
+    .values(status=RunStatus.STREAMING.value, updated_at=bindparam("b_now"))
+)
+_INSERT_PART = insert(run_parts).values(
+    run_id=bindparam("p_run_id", type_=String),
+    part=bindparam("p_part"),
+    content=bindparam("p_content", type_=Text),
+    events=bindparam("p_events", type_=JSON),
+)
+_FINISH_RUN = (
+    update(runs)
+    .where(runs.c.run_id == bindparam("b_run_id"))
+    .values(
+        status=bindparam("b_status"),
+        content=bindparam("b_content"),
+        error=bindparam("b_error"),
+        usage=bindparam("b_usage"),
+        events=bindparam("b_events"),
+        updated_at=bindparam("b_now"),
+        completed_at=bindparam("b_now"),
+    )
+    .returning(*runs.c)
+)
+_DROP_PARTS = delete(run_parts).where(run_parts.c.run_id == bindparam("run_id"))
+_TOUCH_SESSION = (
+    update(sessions_table)
+    .where(sessions_table.c.session_id == bindparam("b_session_id"))
+    .values(updated_at=bindparam("b_now"))
+)
+_SELECT_SESSION = select(sessions_table).where(
+    sessions_table.c.session_id == bindparam("session_id")
+)
+_SELECT_MESSAGES = (
+    select(messages_table)
+    .where(messages_table.c.session_id == bindparam("session_id"))
+    .order_by(messages_table.c.message_id)
+)
 
 
-def _sqlite_on_begin(conn: Connection) -> None:
-    """Writers take the write lock up front (waiting `busy_timeout`), readers a snapshot."""
-    writes = conn.get_execution_options().get(_WRITE_OPTION, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+def _message_values(session_id: str, message: NewMessage, at: datetime) -> dict[str, Any]:
+    return {
+        **asdict(message),
+        "status": message.status.value,
+        "session_id": session_id,
+        "created_at": at,
+    }
+
+
+def _with_parts(conn: Connection, row: RowMapping) -> RunRecord:
+    """A run as saved: for a live run, its row followed by its checkpoints' parts."""
+    record = run_record(row)
+    if record.status.is_final:
+        return record
+    parts = conn.execute(_SELECT_PARTS, {"run_id": record.run_id}).all()
+    if not parts:
+        return record
+    content = record.content + "".join(part.content for part in parts)
+    events = list(record.events)
+    for part in parts:
+        events.extend(part.events)
+    return replace(record, content=content, events=events)
 
 
 class SqlStore:
-    """The gateway's store on any SQLAlchemy async URL; see the module docstring for tuning."""
+    """The gateway's store on a SQLAlchemy URL (SQLite or PostgreSQL); see the module docstring."""
 
     def __init__(self, url: str) -> None:
         self._url = make_url(url)
         self._sqlite = self._url.get_backend_name() == "sqlite"
-        self._engine: AsyncEngine | None = None
-        # SQLite has one writer at a time: queue writers here rather than in busy retries.
-        self._write_lock = asyncio.Lock() if self._sqlite else None
-        # An in-memory database is one shared connection: reads must queue behind writes too.
-        self._read_lock = self._write_lock if self._sqlite and _is_memory(self._url) else None
+        self._upsert_session = _UPSERT_SESSION["sqlite" if self._sqlite else "postgresql"]
+        self._transactions: Transactions | None = None
 
     async def open(self) -> None:
         """Connect, create the schema if missing and check its version."""
-        if self._engine is not None:
+        if self._transactions is not None:
             return
-        options: dict[str, Any] = {}
-        if not self._sqlite:
-            options["pool_pre_ping"] = True
-        elif _is_memory(self._url):
-            options["poolclass"] = StaticPool
-        else:
-            Path(self._url.database or "").parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(self._url, **options)
-        if self._sqlite:
-            event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
-            event.listen(engine.sync_engine, "begin", _sqlite_on_begin)
-        self._engine = engine
+        self._transactions = open_transactions(self._url)
         try:
-            await self._create_schema()
+            await self._write(self._create_schema)
         except BaseException:
             await self.close()
             raise
 
-    async def _create_schema(self) -> None:
-        async with self._write() as conn:
-            if not self._sqlite:  # several workers may start at once
-                await conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
-            await conn.run_sync(metadata.create_all)
-            version = await conn.scalar(select(func.max(schema_version.c.version)))
-            if version is None:
-                await conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
-            elif version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"database schema version {version} is newer than this code "
-                    f"({SCHEMA_VERSION}); upgrade martlet-molt"
-                )
-            # Migrations from older versions go here, one step per version.
+    def _create_schema(self, conn: Connection) -> None:
+        if not self._sqlite:  # several workers may start at once
+            conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
+        metadata.create_all(conn)
+        version = conn.scalar(select(func.max(schema_version.c.version)))
+        if version is None:
+            conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
+        elif version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema version {version} is newer than this code "
+                f"({SCHEMA_VERSION}); upgrade martlet-molt"
+            )
+        elif version < SCHEMA_VERSION:
+            # 1 -> 2 added `run_parts`, which `create_all` has just created.
+            conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
 
     async def close(self) -> None:
-        """Release every pooled connection; the store can be opened again."""
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await engine.dispose()
+        """Release every connection; the store can be opened again."""
+        if self._transactions is not None:
+            transactions, self._transactions = self._transactions, None
+            await transactions.close()
+
+    def _runner(self) -> Transactions:
+        if self._transactions is None:
+            raise RuntimeError("store is not open")
+        return self._transactions
+
+    async def _write(self, work: Work[T]) -> T:
+        """One write transaction (queued behind the others on SQLite)."""
+        return await self._runner().run(work, write=True)
+
+    async def _read(self, work: Work[T]) -> T:
+        """One read transaction: a consistent snapshot."""
+        return await self._runner().run(work, write=False)
 
     async def ping(self) -> None:
         """Raise if the database cannot be reached."""
-        async with self._read() as conn:
-            await conn.execute(select(1))
-
-    @asynccontextmanager
-    async def _write(self) -> AsyncGenerator[AsyncConnection, None]:
-        """One write transaction, serialised for SQLite."""
-        if self._engine is None:
-            raise RuntimeError("store is not open")
-        async with self._write_lock or nullcontext(), self._engine.connect() as conn:
-            await conn.execution_options(**{_WRITE_OPTION: True})
-            async with conn.begin():
-                yield conn
-
-    @asynccontextmanager
-    async def _read(self) -> AsyncGenerator[AsyncConnection, None]:
-        """One read transaction: a consistent snapshot."""
-        if self._engine is None:
-            raise RuntimeError("store is not open")
-        lock = self._read_lock or nullcontext()
-        async with lock, self._engine.connect() as conn, conn.begin():
-            yield conn
-
-    async def _first(self, query: Select[Any]) -> RowMapping | None:
-        async with self._read() as conn:
-            return (await conn.execute(query)).mappings().first()
-
-    async def _all(self, query: Select[Any]) -> Sequence[RowMapping]:
-        async with self._read() as conn:
-            return (await conn.execute(query)).mappings().all()
+        await self._read(lambda conn: conn.execute(select(1)).all())
 
     def _check_text(self, *values: str | None) -> None:
         """Refuse text PostgreSQL cannot store, before any SQL runs.
@@ -209,56 +244,64 @@ class SqlStore:
         Another principal's session raises `SessionNotFound` and changes nothing."""
         self._check_text(session_id, principal, run_id, user_message, client_request_id)
         now = _now()
-        dialect_insert = sqlite_insert if self._sqlite else pg_insert
-        upsert = dialect_insert(sessions_table).values(
-            session_id=session_id, principal=principal, created_at=now, updated_at=now
+        record = RunRecord(
+            run_id=run_id,
+            session_id=session_id,
+            principal=principal,
+            status=RunStatus.PENDING,
+            content="",
+            error=None,
+            created_at=now,
+            updated_at=now,
+            completed_at=None,
+            client_request_id=client_request_id,
         )
-        upsert = upsert.on_conflict_do_update(
-            index_elements=[sessions_table.c.session_id],
-            set_={"updated_at": upsert.excluded.updated_at},
-        )
-        upsert = upsert.returning(sessions_table.c.principal)
+        question = NewMessage(role="user", content=user_message, run_id=run_id)
+        session = {
+            "session_id": session_id,
+            "principal": principal,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+        def work(conn: Connection) -> None:
+            owner = conn.execute(self._upsert_session, session).scalar_one()
+            if owner != principal:  # raising rolls the touch back
+                raise SessionNotFound(f"session {session_id} not found")
+            conn.execute(_INSERT_MESSAGE, _message_values(session_id, question, now))
+            run = asdict(record)
+            conn.execute(_INSERT_RUN, {**run, "status": record.status.value})
+
         try:
-            async with self._write() as conn:
-                owner = (await conn.execute(upsert)).scalar_one()
-                if owner != principal:  # raising rolls the touch back
-                    raise SessionNotFound(f"session {session_id} not found")
-                question = NewMessage(role="user", content=user_message, run_id=run_id)
-                await conn.execute(_insert_message(session_id, question, now))
-                new_run = insert(runs).values(
-                    run_id=run_id,
-                    session_id=session_id,
-                    principal=principal,
-                    status=RunStatus.PENDING.value,
-                    content="",
-                    events=[],
-                    client_request_id=client_request_id,
-                    created_at=now,
-                    updated_at=now,
-                )
-                row = (await conn.execute(new_run.returning(*runs.c))).mappings().one()
+            await self._write(work)
         except IntegrityError as exc:
             raise Conflict(
                 f"run {run_id} or request {client_request_id} already exists",
                 run_id=run_id,
                 client_request_id=client_request_id,
             ) from exc
-        return run_record(row)
+        return record
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run, or None."""
-        found = await self._first(select(runs).where(runs.c.run_id == run_id))
-        return None if found is None else run_record(found)
+
+        def work(conn: Connection) -> RunRecord | None:
+            row = conn.execute(_SELECT_RUN, {"run_id": run_id}).mappings().first()
+            return None if row is None else _with_parts(conn, row)
+
+        return await self._read(work)
 
     async def find_run_by_request(
         self, *, session_id: str, client_request_id: str
     ) -> RunRecord | None:
         """The run a client already started with this request id on this session, or None."""
-        query = select(runs).where(
-            runs.c.session_id == session_id, runs.c.client_request_id == client_request_id
-        )
-        found = await self._first(query)
-        return None if found is None else run_record(found)
+        parameters = {"session_id": session_id, "client_request_id": client_request_id}
+
+        def work(conn: Connection) -> RunRecord | None:
+            row = conn.execute(_SELECT_RUN_BY_REQUEST, parameters).mappings().first()
+            return None if row is None else _with_parts(conn, row)
+
+        return await self._read(work)
 
     async def set_run_status(self, run_id: str, status: RunStatus) -> None:
         """Move a live run along; a run that is already final is left as it is."""
@@ -266,44 +309,59 @@ class SqlStore:
         values: dict[str, Any] = {"status": status.value, "updated_at": now}
         if status.is_final:
             values["completed_at"] = now
-        async with self._write() as conn:
-            await conn.execute(
-                update(runs)
-                .where(runs.c.run_id == run_id, runs.c.status.in_(_UNFINISHED))
-                .values(**values)
-            )
+        statement = (
+            update(runs)
+            .where(runs.c.run_id == run_id, runs.c.status.in_(_UNFINISHED))
+            .values(**values)
+        )
+        await self._write(lambda conn: conn.execute(statement))
 
     async def checkpoint_run(self, run_id: str, *, content: str, events: list[Any]) -> None:
-        """Save the partial reply of a live run; a final run is never overwritten."""
+        """Append what a live run streamed since its previous checkpoint; a final run is
+        never touched."""
         await self.checkpoint_runs([Checkpoint(run_id, content, events)])
 
     async def checkpoint_runs(self, checkpoints: Sequence[Checkpoint]) -> None:
-        """Save many partial replies in one transaction (one statement, many parameter sets)."""
+        """Append many live runs' new text in one transaction: a part per run, numbered after
+        its last one, and `streaming` on its row. Final runs are skipped."""
         if not checkpoints:
             return
         for checkpoint in checkpoints:
             self._check_text(checkpoint.content)
         now = _now()
-        statement = (
-            update(runs)
-            # `IN (...)` expands per statement, which executemany cannot do; spell it out.
-            .where(
-                runs.c.run_id == bindparam("b_run_id"),
-                or_(*(runs.c.status == status for status in _UNFINISHED)),
+        run_ids = [c.run_id for c in checkpoints]
+
+        def work(conn: Connection) -> None:
+            live = set(
+                conn.scalars(
+                    select(runs.c.run_id).where(
+                        runs.c.run_id.in_(run_ids), runs.c.status.in_(_UNFINISHED)
+                    )
+                )
             )
-            .values(
-                status=RunStatus.STREAMING.value,
-                content=bindparam("b_content"),
-                events=bindparam("b_events"),
-                updated_at=now,
+            if not live:
+                return
+            last_parts = select(run_parts.c.run_id, func.max(run_parts.c.part)).where(
+                run_parts.c.run_id.in_(live)
             )
-        )
-        parameters = [
-            {"b_run_id": c.run_id, "b_content": c.content, "b_events": c.events}
-            for c in checkpoints
-        ]
-        async with self._write() as conn:
-            await conn.execute(statement, parameters)
+            last = {
+                run_id: part
+                for run_id, part in conn.execute(last_parts.group_by(run_parts.c.run_id))
+            }
+            parts = [
+                {
+                    "p_run_id": c.run_id,
+                    "p_part": last.get(c.run_id, 0) + 1,
+                    "p_content": c.content,
+                    "p_events": c.events,
+                }
+                for c in checkpoints
+                if c.run_id in live
+            ]
+            conn.execute(_INSERT_PART, parts)
+            conn.execute(_MARK_STREAMING, [{"b_run_id": run_id, "b_now": now} for run_id in live])
+
+        await self._write(work)
 
     async def finish_run(
         self,
@@ -316,7 +374,8 @@ class SqlStore:
         events: list[Any],
         messages: list[NewMessage],
     ) -> RunRecord:
-        """Save a run's final state and its new messages (tool turns, the reply) atomically.
+        """Save a run's final state and its new messages (tool turns, the reply) atomically;
+        its checkpoint parts are folded into the final state and dropped.
 
         A message without a `run_id` is attributed to this run.
         """
@@ -324,45 +383,47 @@ class SqlStore:
         for m in messages:
             self._check_text(m.role, m.content, m.run_id, m.tool_call_id, m.name)
         now = _now()
-        stmt = (
-            update(runs)
-            .where(runs.c.run_id == run_id)
-            .values(
-                status=status.value,
-                content=content,
-                error=error,
-                usage=usage,
-                events=events,
-                updated_at=now,
-                completed_at=now,
-            )
-            .returning(*runs.c)
-        )
-        async with self._write() as conn:
-            found = (await conn.execute(stmt)).mappings().first()
+        final = {
+            "b_run_id": run_id,
+            "b_status": status.value,
+            "b_content": content,
+            "b_error": error,
+            "b_usage": usage,
+            "b_events": events,
+            "b_now": now,
+        }
+
+        def work(conn: Connection) -> RunRecord:
+            found = conn.execute(_FINISH_RUN, final).mappings().first()
             if found is None:
                 raise RunNotFound(f"run {run_id} not found", run_id=run_id)
             record = run_record(found)
+            conn.execute(_DROP_PARTS, {"run_id": run_id})
             for m in messages:  # one by one: ids must follow the given order
                 m = replace(m, run_id=m.run_id or run_id)
-                await conn.execute(_insert_message(record.session_id, m, now))
-            await conn.execute(
-                update(sessions_table)
-                .where(sessions_table.c.session_id == record.session_id)
-                .values(updated_at=now)
-            )
-        return record
+                conn.execute(_INSERT_MESSAGE, _message_values(record.session_id, m, now))
+            conn.execute(_TOUCH_SESSION, {"b_session_id": record.session_id, "b_now": now})
+            return record
+
+        return await self._write(work)
 
     async def unfinished_runs(self) -> list[RunRecord]:
-        """Runs still `pending` or `streaming`, oldest first."""
+        """Runs still `pending` or `streaming`, oldest first, with their checkpoints."""
         query = select(runs).where(runs.c.status.in_(_UNFINISHED)).order_by(runs.c.created_at)
-        return [run_record(r) for r in await self._all(query)]
+
+        def work(conn: Connection) -> list[RunRecord]:
+            return [_with_parts(conn, row) for row in conn.execute(query).mappings().all()]
+
+        return await self._read(work)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None."""
-        query = select(sessions_table).where(sessions_table.c.session_id == session_id)
-        found = await self._first(query)
-        return None if found is None else session_record(found)
+
+        def work(conn: Connection) -> SessionRecord | None:
+            row = conn.execute(_SELECT_SESSION, {"session_id": session_id}).mappings().first()
+            return None if row is None else session_record(row)
+
+        return await self._read(work)
 
     async def list_sessions(
         self, *, principal: str, limit: int, offset: int
@@ -377,23 +438,24 @@ class SqlStore:
             .offset(offset)
         )
         count = select(func.count()).select_from(sessions_table).where(mine)
-        async with self._read() as conn:
-            rows = (await conn.execute(page)).mappings().all()
-            total = await conn.scalar(count)
-        return [session_record(r) for r in rows], int(total or 0)
+
+        def work(conn: Connection) -> tuple[list[SessionRecord], int]:
+            rows = conn.execute(page).mappings().all()
+            return [session_record(r) for r in rows], int(conn.scalar(count) or 0)
+
+        return await self._read(work)
 
     async def list_messages(self, session_id: str) -> list[MessageRecord]:
         """A session's messages in order."""
-        query = (
-            select(messages_table)
-            .where(messages_table.c.session_id == session_id)
-            .order_by(messages_table.c.message_id)
-        )
-        return [message_record(r) for r in await self._all(query)]
+
+        def work(conn: Connection) -> list[MessageRecord]:
+            rows = conn.execute(_SELECT_MESSAGES, {"session_id": session_id}).mappings().all()
+            return [message_record(r) for r in rows]
+
+        return await self._read(work)
 
     async def delete_session(self, session_id: str) -> bool:
         """Delete a session; its messages and runs go with it (ON DELETE CASCADE)."""
-        stmt = delete(sessions_table).where(sessions_table.c.session_id == session_id)
-        async with self._write() as conn:
-            result = await conn.execute(stmt)
-        return result.rowcount > 0
+        statement = delete(sessions_table).where(sessions_table.c.session_id == session_id)
+        deleted = await self._write(lambda conn: conn.execute(statement).rowcount)
+        return deleted > 0

@@ -1,0 +1,143 @@
+"""How `SqlStore` runs a transaction: a plain function over a SQLAlchemy `Connection`, awaited.
+
+Every store operation is written once, as a synchronous function of a `Connection`, and run
+whole by one of two runners:
+
+- `SqliteThreads` (SQLite): the standard library driver on threads of the store's own, one
+  writer and two readers. A whole transaction is one hop to a thread and back. (An async
+  driver such as aiosqlite makes a hop per cursor operation: ~16 for starting a run, 2.7 ms
+  against 0.8 ms measured.) The single writer thread is also the queue that serialises writes.
+- `AsyncEngineTransactions` (PostgreSQL through asyncpg): `AsyncConnection.run_sync`, which
+  runs the same function on the event loop, awaiting each statement.
+
+A caller that is cancelled while a transaction is on its way may leave it to commit or roll
+back on its own, as with any database client; callers that must know the outcome shield it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+T = TypeVar("T")
+Work = Callable[[Connection], T]
+
+WRITE_OPTION = "martlet_write"  # connection execution option: this transaction will write
+_READER_THREADS = 2
+
+
+class Transactions(Protocol):
+    """Runs one function as one transaction, from async code."""
+
+    async def run(self, work: Work[T], *, write: bool) -> T:
+        """Run `work` in a transaction: committed if it returns, rolled back if it raises."""
+        ...
+
+    async def close(self) -> None:
+        """Release every connection (and thread)."""
+        ...
+
+
+def is_memory(url: URL) -> bool:
+    """Whether a SQLite URL names a private in-memory database."""
+    return url.database in (None, "", ":memory:")
+
+
+def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    """Tune every new SQLite connection, and take transaction control away from the driver."""
+    # sqlite3's legacy mode would BEGIN lazily and only before DML; `_sqlite_on_begin` decides.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA busy_timeout=5000",
+        "PRAGMA foreign_keys=ON",
+        "PRAGMA synchronous=NORMAL",
+    ):
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    """Writers take the write lock up front (waiting `busy_timeout`), readers a snapshot, so a
+    second process waits for the file lock instead of failing half-way through a transaction."""
+    writes = conn.get_execution_options().get(WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+class SqliteThreads:
+    """SQLite on threads of its own: one writer (the write queue), two readers (WAL snapshots).
+
+    An in-memory database is one connection, so everything runs on the writer thread.
+    """
+
+    def __init__(self, url: URL) -> None:
+        url = url.set(drivername="sqlite+pysqlite")  # `sqlite+aiosqlite` URLs mean the same file
+        options: dict[str, Any] = {}
+        if is_memory(url):
+            options["poolclass"] = StaticPool
+            options["connect_args"] = {"check_same_thread": False}
+        else:
+            Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
+        self._engine: Engine = create_engine(url, **options)
+        event.listen(self._engine, "connect", _sqlite_on_connect)
+        event.listen(self._engine, "begin", _sqlite_on_begin)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="martlet-sqlite-writer")
+        self._readers = (
+            self._writer
+            if is_memory(url)
+            else ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="martlet-sqlite-reader")
+        )
+
+    async def run(self, work: Work[T], *, write: bool) -> T:
+        """Run `work` as one transaction on the writer thread, or on a reader thread."""
+        loop = asyncio.get_running_loop()
+        executor = self._writer if write else self._readers
+        return await loop.run_in_executor(executor, self._transaction, work, write)
+
+    def _transaction(self, work: Work[T], write: bool) -> T:
+        with self._engine.connect() as conn:
+            if write:
+                conn.execution_options(**{WRITE_OPTION: True})
+            with conn.begin():
+                return work(conn)
+
+    async def close(self) -> None:
+        """Close the connections on the writer thread, then stop the threads."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._engine.dispose)
+        self._writer.shutdown(wait=False)
+        self._readers.shutdown(wait=False)
+
+
+class AsyncEngineTransactions:
+    """A database with an async driver (asyncpg): the same functions, run on the event loop."""
+
+    def __init__(self, url: URL) -> None:
+        self._engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
+
+    async def run(self, work: Work[T], *, write: bool) -> T:
+        """Run `work` as one transaction; each statement is awaited on the event loop."""
+        del write  # PostgreSQL needs no write queue
+        async with self._engine.connect() as conn, conn.begin():
+            return await conn.run_sync(work)
+
+    async def close(self) -> None:
+        """Release every pooled connection."""
+        await self._engine.dispose()
+
+
+def open_transactions(url: URL) -> Transactions:
+    """The runner for a URL's backend."""
+    if url.get_backend_name() == "sqlite":
+        return SqliteThreads(url)
+    return AsyncEngineTransactions(url)
