@@ -368,11 +368,13 @@ class RunManager:
             status, error = RunStatus.FAILED, f"the reply could not be saved: {exc}"
         self._end(log, status, error)
         self._count_end(log, status)
+        first = log.first_token_at
         logger.info(
-            "run {} ended {} ({} chars, {:.2f}s)",
+            "run {} ended {} ({} chars, first token after {}, {:.2f}s)",
             log.run_id,
             status.value,
             log.content_length,
+            "-" if first is None else f"{(first - log.created_at).total_seconds():.3f}s",
             time.monotonic() - started,
         )
 

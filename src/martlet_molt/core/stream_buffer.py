@@ -240,11 +240,6 @@ class StreamBuffer:
             )
         if self.first_token_at is None:
             self.first_token_at = _now()
-            logger.info(
-                "run {} first token after {:.3f}s",
-                self.run_id,
-                (self.first_token_at - self.created_at).total_seconds(),
-            )
         self._text.add(chunk)
         self._chars += len(chunk)
         self._append(EventKind.DELTA, metadata)
@@ -454,22 +449,28 @@ class StreamBufferManager:
         self.max_finished = max_finished
         self.max_finished_chars = max_finished_chars
         self._buffers: dict[str, StreamBuffer] = {}
+        # The logs that were active when last looked at: pruned of ended ones only when at the
+        # limit, so starting a run never scans every finished log held for retention.
+        self._active: dict[str, StreamBuffer] = {}
 
     def create(
         self, session_id: str, max_size: int | None = None, *, run_id: str | None = None
     ) -> StreamBuffer:
         """A new log for a new run. Raises `TooManyRuns` when `max_buffers` logs are active."""
-        if self.active_count() >= self.max_buffers:
+        if len(self._active) >= self.max_buffers and self.active_count() >= self.max_buffers:
             self._cleanup_old_buffers()
             if self.active_count() >= self.max_buffers:
                 raise TooManyRuns(f"{self.max_buffers} runs are already active; try again later")
         buffer = StreamBuffer(session_id, run_id=run_id, max_chars=max_size)
         self._buffers[buffer.run_id] = buffer
+        self._active[buffer.run_id] = buffer
         return buffer
 
     def add(self, buffer: StreamBuffer) -> None:
         """Hold a log built elsewhere (for example, rebuilt from the store)."""
         self._buffers[buffer.run_id] = buffer
+        if not buffer.closed:
+            self._active[buffer.run_id] = buffer
 
     def get(self, run_id: str) -> StreamBuffer | None:
         """The log of a run, if still held."""
@@ -478,6 +479,7 @@ class StreamBufferManager:
     def remove(self, run_id: str) -> bool:
         """Forget a log (cancelling it first if it was still active)."""
         buffer = self._buffers.pop(run_id, None)
+        self._active.pop(run_id, None)
         if buffer is None:
             return False
         if not buffer.closed:
@@ -492,7 +494,8 @@ class StreamBufferManager:
 
     def active_count(self) -> int:
         """How many held logs have not ended."""
-        return sum(1 for buffer in self._buffers.values() if not buffer.closed)
+        self._active = {run_id: b for run_id, b in self._active.items() if not b.closed}
+        return len(self._active)
 
     def __len__(self) -> int:
         return len(self._buffers)
@@ -514,6 +517,7 @@ class StreamBufferManager:
             if not (expired or too_many or too_big):
                 break
             del self._buffers[buffer.run_id]
+            self._active.pop(buffer.run_id, None)
             held_chars -= buffer.content_length
             evicted += 1
         return evicted
