@@ -9,7 +9,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
-from sse_starlette import EventSourceResponse
 
 from martlet_molt.config import Settings
 from martlet_molt.core.runs import RunManager, RunView
@@ -29,7 +28,7 @@ from martlet_molt.gateway.schemas import (
     SessionPage,
     SessionSummary,
 )
-from martlet_molt.gateway.sse import SseFormat, sse_response
+from martlet_molt.gateway.sse import SseFormat, SseResponse, sse_response
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 429, 503)
@@ -102,14 +101,14 @@ async def chat(
     )
 
 
-@router.post("/chat/stream", response_class=EventSourceResponse)
+@router.post("/chat/stream", response_class=SseResponse)
 async def chat_stream(
     body: ChatRequest,
     runs: Runs,
     settings: CurrentSettings,
     principal: Principal,
     wire_format: WireFormat = SseFormat.TEXT,
-) -> EventSourceResponse:
+) -> SseResponse:
     """Answer a message as a stream. The response only reads the run: dropping it loses
     nothing, and `GET /runs/{run_id}/stream` picks up where it left off."""
     log = await _start(body, runs, settings, principal)
@@ -154,7 +153,7 @@ def _resume_point(after: int | None, last_event_id: str | None) -> int:
     return point
 
 
-@router.get("/runs/{run_id}/stream", response_class=EventSourceResponse)
+@router.get("/runs/{run_id}/stream", response_class=SseResponse)
 async def stream_run(
     run_id: str,
     runs: Runs,
@@ -163,7 +162,7 @@ async def stream_run(
     wire_format: WireFormat = SseFormat.TEXT,
     after: Annotated[int | None, Query(ge=0, description="Send events with seq > after.")] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> EventSourceResponse:
+) -> SseResponse:
     """A run's events: replayed from `after` (or `Last-Event-ID`), then live, until its end."""
     log = await runs.get_log(run_id, principal)
     point = _resume_point(after, last_event_id)

@@ -6,19 +6,33 @@ text sits in `data:` lines split at every line break, which an EventSource joins
 event kind, with text exact to the character (JSON escapes line breaks). Both give each event
 `id: <seq>` so a client resumes with `Last-Event-ID`.
 
-A reader writes everything available in one send (one batch per wake-up), never one send per
-token, and keeps the connection alive with `: ping` comments while the run is silent.
+A reader writes what is available in one send (one batch per wake-up, at most `BATCH_EVENTS`
+events), never one send per token, and keeps the connection alive with `: ping` comments while
+the run is silent.
+
+Who runs what: each reader is the request's own task, which loops over the log (send a batch;
+or finish at the end; or wait for the log, and ping on a timeout). One helper task per
+response sleeps in `receive()` until the client disconnects; the reader checks it after every
+wake-up (so a hang-up during silence is noticed within one ping interval) and cancels it when
+it ends. Nothing here touches the run: a reader ending, for any reason, ends only that reader.
+It is written by hand rather than with sse-starlette's `EventSourceResponse`, whose anyio task
+group per reader (body, pinger, shutdown and disconnect listeners) and cancel scope per send
+cost, measured in process, ~0.5 ms of CPU per reader and ~15 µs per event, against ~20 µs and
+~10 µs here (racing `receive()` against a task per log wait instead cost ~18 µs per event).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
 
 from loguru import logger
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from martlet_molt.core.stream_buffer import EventKind, RunEvent, StreamBuffer
 from martlet_molt.metrics import Metrics
@@ -26,6 +40,13 @@ from martlet_molt.metrics import Metrics
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+# At most this many events go into one send: a reader far behind a long, fast reply (or
+# replaying it) holds one bounded batch at a time, not every event it has yet to send.
+BATCH_EVENTS = 512
+
+_PING: Message = {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
 
 
 class SseFormat(StrEnum):
@@ -112,32 +133,97 @@ ENCODERS: dict[SseFormat, Callable[[Sequence[RunEvent]], str]] = {
 }
 
 
-async def _events(
-    log: StreamBuffer, after: int, wire_format: SseFormat, metrics: Metrics | None = None
-) -> AsyncIterator[bytes]:
-    encode = ENCODERS[wire_format]
-    reader_logger = logger.bind(session_id=log.session_id)
-    reader_logger.info("reader connected to run {} after seq {}", log.run_id, after)
-    finished = False
-    if metrics is not None:
-        metrics.reader_connected()
-    try:
-        async for batch in log.read_batches(after):
-            payload = encode(batch)
-            if payload:
-                yield payload.encode()
-        finished = True
-    finally:
+def _watch_for_hang_up(receive: Receive) -> asyncio.Task[None]:
+    """A task that finishes when the client goes away: `receive()` says `http.disconnect`
+    (uvicorn's `send` never raises then; it drops the bytes). It sleeps until then, so it costs
+    nothing per event; the reader checks `done()` after each wake-up and cancels it at the end."""
+
+    async def until_disconnect() -> None:
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception as error:  # a connection that cannot be read has gone too
+            logger.debug("receive failed while streaming: {!r}", error)
+
+    return asyncio.ensure_future(until_disconnect())
+
+
+class SseResponse(Response):
+    """An SSE response reading one stream log from `after`: replay, then live, until the end
+    event. One task per reader (the request's own) writes each batch, or a ping after
+    `ping_seconds` of silence, and ends early if the client hung up. `metrics`, if given,
+    counts the reader while it is connected and a hang-up."""
+
+    def __init__(
+        self,
+        log: StreamBuffer,
+        *,
+        after: int,
+        wire_format: SseFormat,
+        ping_seconds: float,
+        headers: Mapping[str, str] | None = None,
+        metrics: Metrics | None = None,
+        status_code: int = 200,  # FastAPI's OpenAPI reads this default
+    ) -> None:
+        self.status_code = status_code
+        self.background: BackgroundTask | None = None  # FastAPI may set it; runs after
+        self.log = log
+        self.after = after
+        self.encode = ENCODERS[wire_format]
+        self.ping_seconds = ping_seconds
+        self.metrics = metrics
+        # The content type goes in as a header, not as the class's `media_type`, so FastAPI
+        # documents the routes' error responses as JSON (which they are).
+        self.init_headers({**SSE_HEADERS, **(headers or {}), "Content-Type": CONTENT_TYPE})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await self._follow(receive, send)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.background is not None:
+            await self.background()
+
+    async def _follow(self, receive: Receive, send: Send) -> None:
+        log, metrics = self.log, self.metrics
+        reader_logger = logger.bind(session_id=log.session_id)
+        hung_up = _watch_for_hang_up(receive)
+        reader_logger.info("reader connected to run {} after seq {}", log.run_id, self.after)
         if metrics is not None:
-            metrics.reader_disconnected(finished=finished)
-        if finished:
-            reader_logger.info("reader of run {} got the end", log.run_id)
-        else:
-            reader_logger.info("reader of run {} disconnected", log.run_id)
+            metrics.reader_connected()
+        finished = False
+        try:
+            finished = await self._send_events(send, hung_up)
+        finally:
+            hung_up.cancel()
+            if metrics is not None:
+                metrics.reader_disconnected(finished=finished)
+            if finished:
+                reader_logger.info("reader of run {} got the end", log.run_id)
+            else:
+                reader_logger.info("reader of run {} disconnected", log.run_id)
 
-
-def _ping() -> ServerSentEvent:
-    return ServerSentEvent(comment="ping")
+    async def _send_events(self, send: Send, hung_up: asyncio.Task[None]) -> bool:
+        """Write the log from the cursor on; True once the end event went out, False if the
+        client hung up first."""
+        log, encode, cursor = self.log, self.encode, self.after
+        while not hung_up.done():
+            batch = log.events_after(cursor, limit=BATCH_EVENTS)
+            if batch:
+                cursor = batch[-1].seq
+                payload = encode(batch)
+                if payload:
+                    await send(
+                        {"type": "http.response.body", "body": payload.encode(), "more_body": True}
+                    )
+                if len(batch) == BATCH_EVENTS:
+                    await asyncio.sleep(0)  # catching up: let the other readers have a turn
+            elif log.closed:
+                return True
+            elif not await log.wait(cursor, timeout=self.ping_seconds) and not hung_up.done():
+                await send(_PING)
+        return False
 
 
 def sse_response(
@@ -148,13 +234,14 @@ def sse_response(
     ping_seconds: float,
     headers: dict[str, str] | None = None,
     metrics: Metrics | None = None,
-) -> EventSourceResponse:
+) -> SseResponse:
     """An SSE response reading `log` from `after`: replay, then live, until the end event.
     `metrics`, if given, counts the reader while it is connected and a hang-up."""
-    return EventSourceResponse(
-        _events(log, after, wire_format, metrics),
-        headers={**SSE_HEADERS, **(headers or {})},
-        ping=ping_seconds,
-        ping_message_factory=_ping,
-        sep="\n",
+    return SseResponse(
+        log,
+        after=after,
+        wire_format=wire_format,
+        ping_seconds=ping_seconds,
+        headers=headers,
+        metrics=metrics,
     )
