@@ -14,16 +14,17 @@ from typing import Any
 
 import psutil
 
-JOB_NAMES = ("ttft", "stream", "concurrent", "storm", "fanout", "resume")
+JOB_NAMES = ("ttft", "stream", "saved", "concurrent", "storm", "fanout", "resume")
 
 
 def _jobs() -> dict[str, Callable[..., Awaitable[dict[str, Any]]]]:
-    from bench.jobs import job_concurrent, job_stream, job_ttft
+    from bench.jobs import job_concurrent, job_saved, job_stream, job_ttft
     from bench.jobs_runs import job_fanout, job_resume, job_storm
 
     return {
         "ttft": job_ttft,
         "stream": job_stream,
+        "saved": job_saved,
         "concurrent": job_concurrent,
         "storm": job_storm,
         "fanout": job_fanout,

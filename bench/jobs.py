@@ -155,13 +155,18 @@ async def job_stream(
     if keep_times and answer.times:
         result["times"] = [t - answer.t_sent for t in answer.times]
     run_id = answer.headers.get("x-run-id")
+    result["run_id"] = run_id
     if verify and target["kind"] == "gateway" and run_id:
-        saved = await saved_runs(int(target["port"]), [run_id], deadline=time.monotonic() + 30)
-        body = saved.get(run_id, {})
-        result["saved_ok"] = body.get("status") == "completed" and body.get("content") == (
-            expected if expected is not None else text
-        )
+        saved = await job_saved(int(target["port"]), run_id, expected if expected else text)
+        result["saved_ok"] = saved["saved_ok"]
     return result
+
+
+async def job_saved(port: int, run_id: str, expected: str) -> dict[str, Any]:
+    """`GET /runs/{id}` of one run: whether it was saved completed with exactly `expected`."""
+    saved = await saved_runs(port, [run_id], deadline=time.monotonic() + 30)
+    body = saved.get(run_id, {})
+    return {"saved_ok": body.get("status") == "completed" and body.get("content") == expected}
 
 
 def _stamped_ok(texts: list[str], count: int) -> bool:

@@ -120,7 +120,8 @@ _FINISH_RUN = (
         updated_at=bindparam("b_now"),
         completed_at=bindparam("b_now"),
     )
-    .returning(*runs.c)
+    # Not the content or events just written: they can be megabytes, and the caller has them.
+    .returning(runs.c.session_id, runs.c.principal, runs.c.created_at, runs.c.client_request_id)
 )
 _DROP_PARTS = delete(run_parts).where(run_parts.c.run_id == bindparam("run_id"))
 _TOUCH_SESSION = (
@@ -397,7 +398,20 @@ class SqlStore:
             found = conn.execute(_FINISH_RUN, final).mappings().first()
             if found is None:
                 raise RunNotFound(f"run {run_id} not found", run_id=run_id)
-            record = run_record(found)
+            record = RunRecord(
+                run_id=run_id,
+                session_id=found["session_id"],
+                principal=found["principal"],
+                status=status,
+                content=content,
+                error=error,
+                created_at=found["created_at"],
+                updated_at=now,
+                completed_at=now,
+                usage=usage,
+                events=events,
+                client_request_id=found["client_request_id"],
+            )
             conn.execute(_DROP_PARTS, {"run_id": run_id})
             for m in messages:  # one by one: ids must follow the given order
                 m = replace(m, run_id=m.run_id or run_id)
