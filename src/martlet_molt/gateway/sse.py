@@ -180,16 +180,17 @@ class SseResponse(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        await self._follow(receive, send)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not await self._follow(receive, send):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:
             await self.background()
 
-    async def _follow(self, receive: Receive, send: Send) -> None:
+    async def _follow(self, receive: Receive, send: Send) -> bool:
+        """Stream until the end event or a hang-up; True if the body is already complete."""
         log, metrics = self.log, self.metrics
         reader_logger = logger.bind(session_id=log.session_id)
         hung_up = _watch_for_hang_up(receive)
-        reader_logger.info("reader connected to run {} after seq {}", log.run_id, self.after)
+        reader_logger.debug("reader connected to run {} after seq {}", log.run_id, self.after)
         if metrics is not None:
             metrics.reader_connected()
         finished = False
@@ -200,26 +201,35 @@ class SseResponse(Response):
             if metrics is not None:
                 metrics.reader_disconnected(finished=finished)
             if finished:
-                reader_logger.info("reader of run {} got the end", log.run_id)
+                reader_logger.debug("reader of run {} got the end", log.run_id)
             else:
                 reader_logger.info("reader of run {} disconnected", log.run_id)
+        return finished
 
     async def _send_events(self, send: Send, hung_up: asyncio.Task[None]) -> bool:
-        """Write the log from the cursor on; True once the end event went out, False if the
-        client hung up first."""
+        """Write the log from the cursor on; True once the end event went out (with the end
+        of the body, in one write), False if the client hung up first."""
         log, encode, cursor = self.log, self.encode, self.after
         while not hung_up.done():
             batch = log.events_after(cursor, limit=BATCH_EVENTS)
             if batch:
                 cursor = batch[-1].seq
+                last = log.closed and cursor == log.last_seq
                 payload = encode(batch)
-                if payload:
+                if payload or last:
                     await send(
-                        {"type": "http.response.body", "body": payload.encode(), "more_body": True}
+                        {
+                            "type": "http.response.body",
+                            "body": payload.encode(),
+                            "more_body": not last,
+                        }
                     )
+                if last:
+                    return True
                 if len(batch) == BATCH_EVENTS:
                     await asyncio.sleep(0)  # catching up: let the other readers have a turn
-            elif log.closed:
+            elif log.closed:  # nothing past the cursor: the end was sent before it
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return True
             elif not await log.wait(cursor, timeout=self.ping_seconds) and not hung_up.done():
                 await send(_PING)
