@@ -46,7 +46,7 @@ def serve(
     from martlet_molt.app import create_app
     from martlet_molt.server import GatewayServer
 
-    GatewayServer(create_app(settings), host=host, port=port).run()
+    GatewayServer(create_app(settings), host=host, port=port, freeze_heap=True).run()
 
 
 @cli.command()

@@ -9,10 +9,12 @@ its end event and its connection finishes; then uvicorn shuts down as usual.
 
 from __future__ import annotations
 
+import gc
 import socket
 
 import uvicorn
 from fastapi import FastAPI
+from loguru import logger
 
 from martlet_molt.core.runs import RunManager
 
@@ -23,7 +25,14 @@ CONNECTION_CLOSE_SECONDS = 5.0
 class GatewayServer(uvicorn.Server):
     """A uvicorn server that drains runs before it closes connections."""
 
-    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int = 8001) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8001,
+        freeze_heap: bool = False,
+    ) -> None:
         config = uvicorn.Config(
             app,
             host=host,
@@ -34,6 +43,19 @@ class GatewayServer(uvicorn.Server):
         )
         super().__init__(config)
         self.app = app
+        self.freeze_heap = freeze_heap
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does; then, if asked, move everything alive so far (modules,
+        models, the app) out of the cyclic collector's reach: its full passes would otherwise
+        walk those hundreds of thousands of objects again and again, pausing every stream.
+        Only for a process that is the server (`martlet-molt serve`), not for one that hosts
+        it among other work: frozen objects are never collected."""
+        await super().startup(sockets)
+        if self.freeze_heap:
+            gc.collect()
+            gc.freeze()
+            logger.debug("{} objects frozen out of garbage collection", gc.get_freeze_count())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Drain runs (readers get their end events), then shut down as uvicorn does."""
