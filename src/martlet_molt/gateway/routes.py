@@ -43,13 +43,17 @@ READY_TIMEOUT_SECONDS = 5.0
 router = APIRouter(responses=ERRORS)
 
 
-def get_runs(request: Request) -> RunManager:
+# Dependencies are `async def`: FastAPI runs a plain `def` dependency in a worker thread, a
+# thread hop on every request for what is an attribute lookup.
+
+
+async def get_runs(request: Request) -> RunManager:
     """The app's run manager."""
     runs: RunManager = request.app.state.runs
     return runs
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     settings: Settings = request.app.state.settings
     return settings
