@@ -17,7 +17,7 @@ import psutil
 
 from bench.harness import Context, Row
 
-PACKAGES = ("uvicorn", "uvloop", "httptools", "starlette", "fastapi", "sse-starlette", "openai",
+PACKAGES = ("uvicorn", "uvloop", "httptools", "starlette", "fastapi", "openai", "aiohttp",
             "httpx", "sqlalchemy", "asyncpg", "pydantic")  # fmt: skip
 
 
