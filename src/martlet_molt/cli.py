@@ -1,29 +1,37 @@
-"""The `martlet-molt` command: serve the gateway; chat with it from a terminal (`terminal.py`)."""
+"""The `martlet-molt` command: serve the gateway; chat with it from a terminal (`terminal.py`).
+
+`martlet-molt serve` loads only what the gateway runs: the terminal client's commands (rich,
+Markdown rendering, an HTTP client) are registered for every other command line, and `cli`
+(the whole command set, for tests and embedding) is built on first use.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 from loguru import logger
 
-from martlet_molt.config import Settings
-from martlet_molt.gateway.auth import check_bind
-from martlet_molt.logs import configure_logging
-from martlet_molt.terminal import register as register_client_commands
-
-cli = typer.Typer(help="martlet_molt: a chat gateway whose replies survive the connection.")
+HELP = "martlet_molt: a chat gateway whose replies survive the connection."
+SERVER_COMMANDS = ("serve", "version")
+"""Commands that need no terminal client."""
 
 
-@cli.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
 ) -> None:
     """Run the gateway. Without MARTLET_API_KEYS it serves loopback only, unless
     MARTLET_ALLOW_UNAUTHENTICATED is set."""
+    from martlet_molt.config import Settings
+    from martlet_molt.core.memory import allocator_description
+    from martlet_molt.gateway.auth import check_bind
+    from martlet_molt.logs import configure_logging
+
     settings = Settings()
     configure_logging(settings.log_level)
+    logger.debug("memory: {}", allocator_description())
     bind = check_bind(host, settings)
     if not bind.allowed:
         typer.echo(f"martlet-molt: {bind.message}", err=True)
@@ -49,7 +57,6 @@ def serve(
     GatewayServer(create_app(settings), host=host, port=port, freeze_heap=True).run()
 
 
-@cli.command()
 def version() -> None:
     """Print the version."""
     from martlet_molt import __version__
@@ -57,9 +64,44 @@ def version() -> None:
     typer.echo(__version__)
 
 
-register_client_commands(cli)
+def _server_commands() -> typer.Typer:
+    app = typer.Typer(help=HELP)
+    app.command()(serve)
+    app.command()(version)
+    return app
+
+
+def build_cli() -> typer.Typer:
+    """Every `martlet-molt` command: the server's and the terminal client's."""
+    from martlet_molt.terminal import register as register_client_commands
+
+    app = _server_commands()
+    register_client_commands(app)
+    return app
+
+
+_cli: typer.Typer | None = None
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """`cli`, the whole command set, built when first asked for."""
+    global _cli
+    if name != "cli":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _cli is None:
+        _cli = build_cli()
+    return _cli
 
 
 def main() -> None:
     """Entry point of the console script."""
-    cli()
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "serve":
+        # Before anything starts: the process may run again on glibc's malloc (core/memory.py).
+        from martlet_molt.core.memory import use_system_malloc
+
+        use_system_malloc()
+    if command in SERVER_COMMANDS:
+        _server_commands()()
+    else:
+        build_cli()()

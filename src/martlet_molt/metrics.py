@@ -8,10 +8,10 @@ share or clash over metrics. `GET /metrics` serves `Metrics.exposition()`.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
-import openai
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from martlet_molt.core.status import RunStatus
@@ -164,14 +164,23 @@ def _kind_of_status(status: int) -> str:
 
 
 def _kind_of_exception(exc: BaseException) -> str | None:
-    if isinstance(exc, openai.APIStatusError):
-        return _kind_of_status(exc.status_code)
+    # The SDK's errors exist only once the SDK is loaded; importing it here would load its
+    # ~500 modules (~15 MB) into a process that may never talk to an upstream.
+    sdk: Any = sys.modules.get("openai")
+    if sdk is not None:
+        if isinstance(exc, sdk.APIStatusError):
+            status: Any = getattr(exc, "status_code", 0)
+            return _kind_of_status(int(status))
+        if isinstance(exc, sdk.APITimeoutError):
+            return "timeout"
+        if isinstance(exc, sdk.APIConnectionError):
+            return "connection"
     # The SDK lets its HTTP client's errors through mid-stream. Which client that is changes
     # between SDK versions (httpx, httpx2), so they are recognised by their base classes' names.
     bases = {cls.__name__ for cls in type(exc).__mro__}
-    if isinstance(exc, openai.APITimeoutError | TimeoutError) or "TimeoutException" in bases:
+    if isinstance(exc, TimeoutError) or "TimeoutException" in bases:
         return "timeout"
-    if isinstance(exc, openai.APIConnectionError | ConnectionError) or "TransportError" in bases:
+    if isinstance(exc, ConnectionError) or "TransportError" in bases:
         return "connection"
     if isinstance(exc, ValueError):  # the SDK's JSON decoding of a chunk
         return "malformed"

@@ -3,6 +3,9 @@
 `openai` talks to a remote OpenAI-compatible server; `local` first starts llama.cpp's server
 in this process and then talks to it through the very same `OpenAIProvider`, so every run
 behaves alike whichever model answers.
+
+Each provider's modules are imported when that provider is opened: the openai SDK (~15 MB)
+only when there is an upstream to call, the local model's only for `local`.
 """
 
 from __future__ import annotations
@@ -10,22 +13,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from martlet_molt.config import Settings
 from martlet_molt.providers.base import Provider
-from martlet_molt.providers.local import (
-    LocalModelConfig,
-    LocalModelServer,
-    default_threads,
-    resolve_model_path,
-)
-from martlet_molt.providers.openai import OpenAIProvider
+
+if TYPE_CHECKING:
+    from martlet_molt.providers.local import LocalModelConfig
+    from martlet_molt.providers.openai import OpenAIProvider
 
 
 def local_model_config(settings: Settings) -> LocalModelConfig:
     """The local model's configuration; raises `LocalModelError` naming a bad model path."""
+    from martlet_molt.providers.local import LocalModelConfig, default_threads, resolve_model_path
+
     return LocalModelConfig(
         path=resolve_model_path(settings.local_model),
         threads=settings.local_threads or default_threads(),
@@ -35,6 +38,8 @@ def local_model_config(settings: Settings) -> LocalModelConfig:
 
 
 def _remote(settings: Settings, **overrides: str) -> OpenAIProvider:
+    from martlet_molt.providers.openai import OpenAIProvider
+
     values: dict[str, str | None] = {
         "model": settings.model,
         "api_key": settings.openai_api_key,
@@ -71,6 +76,8 @@ async def open_provider(settings: Settings) -> AsyncGenerator[Provider | None]:
             if provider is not None:
                 await provider.aclose()
         return
+    from martlet_molt.providers.local import LocalModelServer
+
     server = LocalModelServer(local_model_config(settings))
     await asyncio.to_thread(server.start)
     provider = _remote(
