@@ -97,6 +97,7 @@ def test_serve_with_an_openai_upstream_loads_no_local_model_and_no_terminal_clie
         "rich",
         "markdown_it",
         "pygments",
+        "sqlalchemy.ext.asyncio",  # SQLite runs on threads; only PostgreSQL needs it
     }
     assert not modules & unwanted
 

@@ -39,6 +39,7 @@ class GatewayServer(uvicorn.Server):
             port=port,
             log_config=None,
             access_log=False,
+            ws="none",  # no WebSocket routes: nothing to load for them
             timeout_graceful_shutdown=int(CONNECTION_CLOSE_SECONDS),
         )
         super().__init__(config)
