@@ -52,13 +52,13 @@ class OpenAIProvider:
         # before a response starts; the read timeout bounds silence between any two bytes.
         # Its aiohttp transport reads a streamed body for about half the CPU per chunk of
         # the default one (measured: ~120 against ~210 µs per paced delta).
-        limits = openai.Timeout(timeout, read=idle_timeout)
+        timeouts = openai.Timeout(timeout, read=idle_timeout)
         self._client = AsyncOpenAI(
             api_key=api_key or PLACEHOLDER_API_KEY,
             base_url=base_url,
-            timeout=limits,
+            timeout=timeouts,
             max_retries=max_retries,
-            http_client=DefaultAioHttpClient(timeout=limits),
+            http_client=DefaultAioHttpClient(timeout=timeouts),
         )
 
     @property
