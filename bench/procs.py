@@ -127,15 +127,19 @@ def start_upstream(
     first_delay: float = 0.0,
     token_text: str | None = None,
     stamp: bool = False,
+    short_first: int = 0,
     wait: bool = True,
 ) -> Service:
-    """The fake OpenAI upstream with one script for every request (`wait=False`: return once
-    started; call `wait_upstream` before use)."""
+    """The fake OpenAI upstream with one script for every request but the first `short_first`,
+    which get a short reply (`wait=False`: return once started; call `wait_upstream` before
+    use)."""
     port = free_port()
     cmd = [PYTHON, "-m", "bench.upstream", "--port", str(port), "--tokens", str(tokens)]
     cmd += ["--delay", str(delay), "--first-delay", str(first_delay), "--max-records", "100"]
     if token_text is not None:
         cmd += ["--token-text", token_text]
+    if short_first:
+        cmd += ["--short-first", str(short_first)]
     if stamp:
         cmd.append("--stamp")
     service = _spawn("upstream", cmd, cwd=ROOT, env=_clean_env({}), log_dir=log_dir, port=port)

@@ -907,6 +907,10 @@ def _error_body(
 # --------------------------------------------------------------------------- CLI
 
 
+SHORT_REPLY_TOKENS = 20
+"""Chunks of the short replies `--short-first` serves before the configured ones."""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the fake upstream as a standalone process (for benchmarks)."""
     parser = argparse.ArgumentParser(description="Fake OpenAI-compatible streaming upstream.")
@@ -918,6 +922,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--headers-delay", type=float, default=0.0, help="seconds before headers")
     parser.add_argument("--token-text", default="tok{i} ", help='chunk text; "{i}" = index')
     parser.add_argument("--max-records", type=int, default=1000, help="request records kept")
+    parser.add_argument(
+        "--short-first",
+        type=int,
+        default=0,
+        help=f"answer the first N requests with {SHORT_REPLY_TOKENS} default chunks (warm-ups)",
+    )
     args = parser.parse_args(argv)
     script = Script(
         token_count=args.tokens,
@@ -929,6 +939,7 @@ def main(argv: list[str] | None = None) -> None:
     upstream = FakeUpstream(
         host=args.host, port=args.port, default_script=script, max_records=args.max_records
     )
+    upstream.enqueue(*(Script(token_count=SHORT_REPLY_TOKENS) for _ in range(args.short_first)))
     upstream.serve_forever(lambda url: print(f"FAKE_UPSTREAM_READY {url}", flush=True))
 
 

@@ -17,6 +17,7 @@ from martlet_molt.errors import Conflict, InvalidRequest, RunNotFound, SessionNo
 from martlet_molt.store.base import Checkpoint, NewMessage, RunRecord, Store
 from martlet_molt.store.schema import SCHEMA_VERSION
 from martlet_molt.store.sql import SqlStore
+from martlet_molt.store.text import PART_CHARS
 
 EVENTS: list[Any] = [
     {"type": "run.started", "run_id": "r1"},
@@ -53,7 +54,10 @@ async def finish(store: Store, run_id: str, **kwargs: Any) -> RunRecord:
         "messages": [NewMessage(role="assistant", content="done")],
     }
     params.update(kwargs)
-    return await store.finish_run(run_id, **params)
+    await store.finish_run(run_id, **params)
+    saved = await store.get_run(run_id)
+    assert saved is not None
+    return saved
 
 
 def assert_utc(*values: datetime | None) -> None:
@@ -495,16 +499,21 @@ async def test_open_twice_on_same_database(store_url: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_upgrades_a_version_1_database(tmp_path: Path) -> None:
-    """A database from before checkpoint parts gets the new table and keeps its rows."""
+@pytest.mark.parametrize(
+    ("version", "missing"), [(1, ["run_parts", "message_parts"]), (2, ["message_parts"])]
+)
+async def test_upgrades_an_older_database(tmp_path: Path, version: int, missing: list[str]) -> None:
+    """A database from before checkpoint parts (1) or message parts (2) gets the new tables and
+    keeps its rows."""
     path = tmp_path / "old.db"
     store = SqlStore(f"sqlite:///{path}")
     await store.open()
     await start(store)
     await store.close()
     with sqlite3.connect(path) as raw:
-        raw.execute("DROP TABLE run_parts")
-        raw.execute("UPDATE schema_version SET version = 1")
+        for table in missing:
+            raw.execute(f"DROP TABLE {table}")
+        raw.execute("UPDATE schema_version SET version = ?", (version,))
     raw.close()
 
     store = SqlStore(f"sqlite:///{path}")
@@ -515,6 +524,11 @@ async def test_upgrades_a_version_1_database(tmp_path: Path) -> None:
         record = await store.get_run("r1")
         assert record is not None
         assert record.content == "partial"
+        long_reply = "x" * (PART_CHARS + 1)
+        await finish(
+            store, "r1", content=long_reply, messages=[NewMessage("assistant", long_reply)]
+        )
+        assert [m.content for m in await store.list_messages("s1")] == ["hello 1", long_reply]
     finally:
         await store.close()
     with sqlite3.connect(path) as raw:

@@ -135,6 +135,9 @@ class Agent:
     def messages_to_save(self, buffer: StreamBuffer, status: RunStatus) -> list[NewMessage]:
         """Everything this run adds to the session: finished tool rounds, then the reply."""
         reply = NewMessage(
-            "assistant", self.round_text(buffer), status=status, run_id=buffer.run_id
+            "assistant",
+            buffer.text_from(self._round_start),
+            status=status,
+            run_id=buffer.run_id,
         )
         return [*self.finished_rounds, reply]

@@ -357,7 +357,7 @@ class RunManager:
             await self.store.finish_run(
                 log.run_id,
                 status=status,
-                content=log.full_content,
+                content=log.text_from(),
                 error=error,
                 usage=log.usage,
                 events=log.replay_index(),

@@ -26,6 +26,7 @@ from loguru import logger
 
 from martlet_molt.core.status import ALLOWED_TRANSITIONS, RunStatus
 from martlet_molt.errors import InvalidTransition, ReplyTooLong, TooManyRuns
+from martlet_molt.store.text import TextPieces
 
 # The handoff called the run's life cycle `StreamStatus`; it is the same thing.
 StreamStatus = RunStatus
@@ -102,19 +103,20 @@ class _Text:
         base = self.starts[index]
         return self.chunks[index][start - base : end - base]
 
-    def between(self, start: int, end: int) -> str:
-        """Characters [start, end) of the whole text, across chunks."""
+    def pieces(self, start: int, end: int) -> list[str]:
+        """Characters [start, end) of the whole text as the chunks that hold them, cut at both
+        ends but not joined (a chunk wholly inside is the chunk itself, not a copy)."""
         if end > self.sealed:
             self.seal()
         if start >= end:
-            return ""
+            return []
         index = bisect_right(self.starts, start) - 1
         pieces: list[str] = []
         while index < len(self.chunks) and self.starts[index] < end:
             base = self.starts[index]
             pieces.append(self.chunks[index][max(start - base, 0) : end - base])
             index += 1
-        return "".join(pieces)
+        return pieces
 
     def whole(self) -> str:
         self.seal()
@@ -359,9 +361,14 @@ class StreamBuffer:
     def _chars_through(self, seq: int) -> int:
         return self._ends[seq - 1] if seq > 0 else 0
 
-    def content_after(self, after: int) -> str:
+    def content_after(self, after: int) -> TextPieces:
         """The text of the events past `after`: what a checkpoint adds to the saved reply."""
-        return self._text.between(self._chars_through(after), self._chars)
+        return self.text_from(self._chars_through(after))
+
+    def text_from(self, start: int = 0) -> TextPieces:
+        """The text from character `start` on, as the log's own pieces: saving a long reply
+        hands it to the store without ever joining it into one string."""
+        return TextPieces(self._text.pieces(start, self._chars))
 
     def replay_index(self, after: int = 0) -> list[Any]:
         """The compact form the store keeps, for the events past `after`: an int per delta

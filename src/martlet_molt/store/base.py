@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from martlet_molt.core.status import RunStatus
+from martlet_molt.store.text import StoredText
 
 JsonObject = dict[str, Any]
 
@@ -32,10 +33,11 @@ class SessionRecord:
 @dataclass(frozen=True, slots=True)
 class NewMessage:
     """A message about to be saved. `tool_calls` is OpenAI's list for an assistant turn that
-    called tools; `tool_call_id` and `name` belong to a tool result."""
+    called tools; `tool_call_id` and `name` belong to a tool result. A long `content` may come
+    as `TextPieces`, so that saving it never joins it into one string."""
 
     role: str
-    content: str
+    content: StoredText
     status: RunStatus = RunStatus.COMPLETED
     run_id: str | None = None
     tool_calls: list[JsonObject] | None = None
@@ -83,7 +85,7 @@ class Checkpoint:
     index entries of the new events. Checkpoints append; they never rewrite the reply."""
 
     run_id: str
-    content: str
+    content: StoredText
     events: list[Any]
 
 
@@ -143,13 +145,14 @@ class Store(Protocol):
         run_id: str,
         *,
         status: RunStatus,
-        content: str,
+        content: StoredText,
         error: str | None,
         usage: JsonObject | None,
         events: list[Any],
         messages: list[NewMessage],
-    ) -> RunRecord:
-        """Save a run's final state and its new messages (tool turns, the reply) atomically."""
+    ) -> None:
+        """Save a run's final state (its whole reply and replay index) and its new messages
+        (tool turns, the reply) atomically."""
         ...
 
     async def unfinished_runs(self) -> list[RunRecord]:

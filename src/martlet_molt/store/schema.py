@@ -26,7 +26,7 @@ from sqlalchemy import (
 from martlet_molt.core.status import RunStatus
 from martlet_molt.store.base import MessageRecord, RunRecord, SessionRecord
 
-SCHEMA_VERSION = 2  # 2: run_parts
+SCHEMA_VERSION = 3  # 2: run_parts; 3: message_parts
 
 # Identifiers and enum-like values; long enough for UUIDs, principals and client request ids.
 _ID = 255
@@ -125,7 +125,8 @@ runs = Table(
 
 # A live run's checkpoints: each one appends the text and replay-index entries streamed since
 # the previous one, so a checkpoint costs what is new, never the whole reply again. A run's
-# saved state is its `runs` row followed by its parts; finishing folds them into the row.
+# saved state is its `runs` row followed by its parts. Finishing replaces the checkpoints with
+# the final text: inline in the row, or (longer than `store.text.PART_CHARS`) as parts.
 run_parts = Table(
     "run_parts",
     metadata,
@@ -138,6 +139,21 @@ run_parts = Table(
     Column("part", Integer, primary_key=True, autoincrement=False),
     Column("content", Text, nullable=False),
     Column("events", JSON, nullable=False),
+)
+
+# A message whose text is longer than `store.text.PART_CHARS`: its row's `content` is empty and
+# its text is these parts in order, so no statement ever binds a whole long reply.
+message_parts = Table(
+    "message_parts",
+    metadata,
+    Column(
+        "message_id",
+        Integer,
+        ForeignKey("messages.message_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("part", Integer, primary_key=True, autoincrement=False),
+    Column("content", Text, nullable=False),
 )
 
 # A client's retry of the same request must find its run, never start a second one.

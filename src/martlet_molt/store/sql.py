@@ -17,11 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     Connection,
-    RowMapping,
-    String,
-    Text,
     bindparam,
     delete,
     func,
@@ -45,18 +41,25 @@ from martlet_molt.store.base import (
     RunRecord,
     SessionRecord,
 )
+from martlet_molt.store.parts import (
+    append_checkpoints,
+    insert_message,
+    message_texts_in_parts,
+    replace_run_parts,
+    run_with_parts,
+)
 from martlet_molt.store.schema import (
     SCHEMA_VERSION,
     message_record,
     metadata,
     run_parts,
-    run_record,
     runs,
     schema_version,
     session_record,
 )
 from martlet_molt.store.schema import messages as messages_table
 from martlet_molt.store.schema import sessions as sessions_table
+from martlet_molt.store.text import StoredText, inline_or_parts
 from martlet_molt.store.transactions import T, Transactions, Work, open_transactions
 
 _UNFINISHED = (RunStatus.PENDING.value, RunStatus.STREAMING.value)
@@ -85,28 +88,16 @@ _UPSERT_SESSION = {
     "sqlite": _session_upsert(sqlite_insert),
     "postgresql": _session_upsert(pg_insert),
 }
-_INSERT_MESSAGE = insert(messages_table)
 _INSERT_RUN = insert(runs)
 _SELECT_RUN = select(runs).where(runs.c.run_id == bindparam("run_id"))
 _SELECT_RUN_BY_REQUEST = select(runs).where(
     runs.c.session_id == bindparam("session_id"),
     runs.c.client_request_id == bindparam("client_request_id"),
 )
-_SELECT_PARTS = (
-    select(run_parts.c.content, run_parts.c.events)
-    .where(run_parts.c.run_id == bindparam("run_id"))
-    .order_by(run_parts.c.part)
-)
 _MARK_STREAMING = (
     update(runs)
     .where(runs.c.run_id == bindparam("b_run_id"), _is_unfinished(runs.c.status))
     .values(status=RunStatus.STREAMING.value, updated_at=bindparam("b_now"))
-)
-_INSERT_PART = insert(run_parts).values(
-    run_id=bindparam("p_run_id", type_=String),
-    part=bindparam("p_part"),
-    content=bindparam("p_content", type_=Text),
-    events=bindparam("p_events", type_=JSON),
 )
 _FINISH_RUN = (
     update(runs)
@@ -121,9 +112,8 @@ _FINISH_RUN = (
         completed_at=bindparam("b_now"),
     )
     # Not the content or events just written: they can be megabytes, and the caller has them.
-    .returning(runs.c.session_id, runs.c.principal, runs.c.created_at, runs.c.client_request_id)
+    .returning(runs.c.session_id)
 )
-_DROP_PARTS = delete(run_parts).where(run_parts.c.run_id == bindparam("run_id"))
 _TOUCH_SESSION = (
     update(sessions_table)
     .where(sessions_table.c.session_id == bindparam("b_session_id"))
@@ -140,27 +130,17 @@ _SELECT_MESSAGES = (
 
 
 def _message_values(session_id: str, message: NewMessage, at: datetime) -> dict[str, Any]:
+    """A message row's values but its text, which `insert_message` places."""
     return {
-        **asdict(message),
-        "status": message.status.value,
         "session_id": session_id,
+        "role": message.role,
+        "status": message.status.value,
+        "run_id": message.run_id,
+        "tool_calls": message.tool_calls,
+        "tool_call_id": message.tool_call_id,
+        "name": message.name,
         "created_at": at,
     }
-
-
-def _with_parts(conn: Connection, row: RowMapping) -> RunRecord:
-    """A run as saved: for a live run, its row followed by its checkpoints' parts."""
-    record = run_record(row)
-    if record.status.is_final:
-        return record
-    parts = conn.execute(_SELECT_PARTS, {"run_id": record.run_id}).all()
-    if not parts:
-        return record
-    content = record.content + "".join(part.content for part in parts)
-    events = list(record.events)
-    for part in parts:
-        events.extend(part.events)
-    return replace(record, content=content, events=events)
 
 
 class SqlStore:
@@ -196,7 +176,7 @@ class SqlStore:
                 f"({SCHEMA_VERSION}); upgrade martlet-molt"
             )
         elif version < SCHEMA_VERSION:
-            # 1 -> 2 added `run_parts`, which `create_all` has just created.
+            # 1 -> 2 added `run_parts`, 2 -> 3 `message_parts`: `create_all` has just made them.
             conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
 
     async def close(self) -> None:
@@ -222,7 +202,7 @@ class SqlStore:
         """Raise if the database cannot be reached."""
         await self._read(lambda conn: conn.execute(select(1)).all())
 
-    def _check_text(self, *values: str | None) -> None:
+    def _check_text(self, *values: StoredText | None) -> None:
         """Refuse text PostgreSQL cannot store, before any SQL runs.
 
         PostgreSQL `text` cannot hold NUL (U+0000); the server would reject the statement
@@ -269,7 +249,7 @@ class SqlStore:
             owner = conn.execute(self._upsert_session, session).scalar_one()
             if owner != principal:  # raising rolls the touch back
                 raise SessionNotFound(f"session {session_id} not found")
-            conn.execute(_INSERT_MESSAGE, _message_values(session_id, question, now))
+            insert_message(conn, _message_values(session_id, question, now), question.content)
             run = asdict(record)
             conn.execute(_INSERT_RUN, {**run, "status": record.status.value})
 
@@ -288,7 +268,7 @@ class SqlStore:
 
         def work(conn: Connection) -> RunRecord | None:
             row = conn.execute(_SELECT_RUN, {"run_id": run_id}).mappings().first()
-            return None if row is None else _with_parts(conn, row)
+            return None if row is None else run_with_parts(conn, row)
 
         return await self._read(work)
 
@@ -300,7 +280,7 @@ class SqlStore:
 
         def work(conn: Connection) -> RunRecord | None:
             row = conn.execute(_SELECT_RUN_BY_REQUEST, parameters).mappings().first()
-            return None if row is None else _with_parts(conn, row)
+            return None if row is None else run_with_parts(conn, row)
 
         return await self._read(work)
 
@@ -349,17 +329,7 @@ class SqlStore:
                 run_id: part
                 for run_id, part in conn.execute(last_parts.group_by(run_parts.c.run_id))
             }
-            parts = [
-                {
-                    "p_run_id": c.run_id,
-                    "p_part": last.get(c.run_id, 0) + 1,
-                    "p_content": c.content,
-                    "p_events": c.events,
-                }
-                for c in checkpoints
-                if c.run_id in live
-            ]
-            conn.execute(_INSERT_PART, parts)
+            append_checkpoints(conn, [c for c in checkpoints if c.run_id in live], last)
             conn.execute(_MARK_STREAMING, [{"b_run_id": run_id, "b_now": now} for run_id in live])
 
         await self._write(work)
@@ -369,14 +339,14 @@ class SqlStore:
         run_id: str,
         *,
         status: RunStatus,
-        content: str,
+        content: StoredText,
         error: str | None,
         usage: JsonObject | None,
         events: list[Any],
         messages: list[NewMessage],
-    ) -> RunRecord:
-        """Save a run's final state and its new messages (tool turns, the reply) atomically;
-        its checkpoint parts are folded into the final state and dropped.
+    ) -> None:
+        """Save a run's final state and its new messages (tool turns, the reply) atomically.
+        The final text replaces the checkpoints: inline in the row, or as parts when long.
 
         A message without a `run_id` is attributed to this run.
         """
@@ -384,49 +354,35 @@ class SqlStore:
         for m in messages:
             self._check_text(m.role, m.content, m.run_id, m.tool_call_id, m.name)
         now = _now()
-        final = {
-            "b_run_id": run_id,
-            "b_status": status.value,
-            "b_content": content,
-            "b_error": error,
-            "b_usage": usage,
-            "b_events": events,
-            "b_now": now,
-        }
 
-        def work(conn: Connection) -> RunRecord:
-            found = conn.execute(_FINISH_RUN, final).mappings().first()
-            if found is None:
+        def work(conn: Connection) -> None:
+            inline, parts = inline_or_parts(content)
+            final = {
+                "b_run_id": run_id,
+                "b_status": status.value,
+                "b_content": inline,
+                "b_error": error,
+                "b_usage": usage,
+                "b_events": events,
+                "b_now": now,
+            }
+            session_id = conn.execute(_FINISH_RUN, final).scalar()
+            if session_id is None:
                 raise RunNotFound(f"run {run_id} not found", run_id=run_id)
-            record = RunRecord(
-                run_id=run_id,
-                session_id=found["session_id"],
-                principal=found["principal"],
-                status=status,
-                content=content,
-                error=error,
-                created_at=found["created_at"],
-                updated_at=now,
-                completed_at=now,
-                usage=usage,
-                events=events,
-                client_request_id=found["client_request_id"],
-            )
-            conn.execute(_DROP_PARTS, {"run_id": run_id})
+            replace_run_parts(conn, run_id, parts)
             for m in messages:  # one by one: ids must follow the given order
-                m = replace(m, run_id=m.run_id or run_id)
-                conn.execute(_INSERT_MESSAGE, _message_values(record.session_id, m, now))
-            conn.execute(_TOUCH_SESSION, {"b_session_id": record.session_id, "b_now": now})
-            return record
+                values = _message_values(session_id, replace(m, run_id=m.run_id or run_id), now)
+                insert_message(conn, values, m.content)
+            conn.execute(_TOUCH_SESSION, {"b_session_id": session_id, "b_now": now})
 
-        return await self._write(work)
+        await self._write(work)
 
     async def unfinished_runs(self) -> list[RunRecord]:
         """Runs still `pending` or `streaming`, oldest first, with their checkpoints."""
         query = select(runs).where(runs.c.status.in_(_UNFINISHED)).order_by(runs.c.created_at)
 
         def work(conn: Connection) -> list[RunRecord]:
-            return [_with_parts(conn, row) for row in conn.execute(query).mappings().all()]
+            return [run_with_parts(conn, row) for row in conn.execute(query).mappings().all()]
 
         return await self._read(work)
 
@@ -464,7 +420,14 @@ class SqlStore:
 
         def work(conn: Connection) -> list[MessageRecord]:
             rows = conn.execute(_SELECT_MESSAGES, {"session_id": session_id}).mappings().all()
-            return [message_record(r) for r in rows]
+            records = [message_record(r) for r in rows]
+            if all(record.content for record in records):
+                return records  # a message held in parts has an empty row
+            texts = message_texts_in_parts(conn, session_id)
+            return [
+                replace(r, content=texts[r.message_id]) if r.message_id in texts else r
+                for r in records
+            ]
 
         return await self._read(work)
 
