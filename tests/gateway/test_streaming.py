@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from martlet_molt.core.runs import RunManager
+from martlet_molt.store.text import PART_CHARS
 from tests.conftest import GatewayFactory, script
 from tests.fake_upstream import FakeUpstream, RequestRecord
 from tests.gateway_server import GatewayServer
@@ -464,6 +465,43 @@ async def test_resume_after_eviction_replays_the_same_events_from_the_store(
     assert run["error"] is None
     assert run["usage"] == done["usage"]
     assert run["completed_at"] is not None
+
+
+@pytest.mark.asyncio
+async def test_a_reply_longer_than_a_saved_part_reads_back_whole_from_the_store(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, model: str
+) -> None:
+    """A reply of several parts (checkpointed while it streams, then saved in parts) is the
+    same text and the same events once its log is gone: in the run, in the session and in a
+    replay. The client hangs up half-way; the run goes on."""
+    gateway = make_gateway(
+        run_retention_seconds=0, eviction_interval_seconds=0.2, checkpoint_seconds=0.05
+    )
+    runs: RunManager = gateway.app.state.runs
+    sent = script(upstream, model, token_count=300, token_text="é{i}€" + "x" * 600, delay=0.001)
+    assert len(sent.text) > 2 * PART_CHARS
+    async with client_for(gateway) as client:
+        partial = await start_json(client, "tell me everything", stop_after=50)
+        run_id, session_id = partial.headers["x-run-id"], partial.headers["x-session-id"]
+        run = await wait_final(client, run_id)
+        deadline = time.monotonic() + 3.0
+        while runs.logs.get(run_id) is not None:
+            assert time.monotonic() < deadline, "the finished log was never evicted"
+            await asyncio.sleep(0.05)
+
+        saved = (await client.get(f"/runs/{run_id}")).json()
+        session = (await client.get(f"/sessions/{session_id}")).json()
+        replay = await read_sse(client, "GET", f"/runs/{run_id}/stream?format=json")
+
+    assert (run["status"], run["content"]) == ("completed", sent.text)
+    assert (saved["status"], saved["content"]) == ("completed", sent.text)
+    assert [(m["role"], m["content"]) for m in session["messages"]] == [
+        ("user", "tell me everything"),
+        ("assistant", sent.text),
+    ]
+    assert_complete_json(replay.events, sent.text)
+    assert len(replay.events) == 301  # a delta per chunk, then `done`
+    assert triples(replay.events)[:50] == triples(partial.events)
 
 
 # -- 9. many chunks -----------------------------------------------------------------------
