@@ -6,6 +6,7 @@ every reader, and closes the upstream request; nothing (sockets, tasks) is left 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -128,6 +129,29 @@ async def test_503_past_the_retry_budget_fails_the_run_after_exactly_two_request
         assert_failed_ending(stream, body["error"])
     assert [r.status for r in records_of(queue, model)] == [503, 503]
     assert queued(queue) == 1  # the third 503 was never asked for
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_upstream_fails_the_run_saying_so(
+    make_gateway: GatewayFactory,
+) -> None:
+    """Nothing listens at the upstream's address: the run fails as unreachable (not as a
+    silent upstream) once the retries are spent, and the question stays saved."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    gateway = make_gateway(
+        openai_base_url=f"http://127.0.0.1:{closed_port}/v1", upstream_max_retries=0
+    )
+    async with client_for(gateway) as client:
+        chat = await client.post("/chat", json={"message": "anyone?", "session_id": "gone-1"})
+        assert chat.status_code == 200, chat.text
+        body = chat.json()
+        assert (body["status"], body["reply"]) == ("failed", "")
+        assert body["error"] == "could not reach the upstream: Connection refused"
+        session = (await client.get("/sessions/gone-1")).json()
+        question = session["messages"][0]
+        assert (question["role"], question["content"]) == ("user", "anyone?")
 
 
 # -- 2. faults mid-stream ---------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
 
@@ -112,7 +113,7 @@ class OpenAIProvider:
         except ProviderError:
             raise
         except openai.APITimeoutError as exc:
-            raise ProviderError("upstream went silent for longer than the idle timeout") from exc
+            raise ProviderError(_describe_timeout(exc)) from exc
         except openai.APIError as exc:
             raise ProviderError(_describe(exc)) from exc
         except Exception as exc:
@@ -217,6 +218,21 @@ def _describe_transport(exc: Exception) -> str:
     if kind in ("RemoteProtocolError", "ReadError", "ConnectError", "NetworkError"):
         return f"upstream connection dropped mid-stream ({kind})"
     return f"upstream stream failed: {kind}: {exc}"
+
+
+def _describe_timeout(exc: openai.APITimeoutError) -> str:
+    """A timeout is silence mid-request, unless the connection itself failed: the SDK's
+    aiohttp transport reports a refused connection as a connect timeout."""
+    connect = exc.__cause__
+    if not isinstance(connect, httpx2.ConnectTimeout):
+        return "upstream went silent for longer than the idle timeout"
+    refused = connect.__cause__
+    while refused is not None and not isinstance(refused, OSError):
+        refused = refused.__cause__
+    if refused is None:
+        return "could not reach the upstream: connecting timed out"
+    reason = os.strerror(refused.errno) if refused.errno else str(refused)
+    return f"could not reach the upstream: {reason}"
 
 
 def _describe(exc: openai.APIError) -> str:
