@@ -93,6 +93,30 @@ async def test_a_silent_run_keeps_its_readers_waiting() -> None:
     assert [e.kind for e in events] == [EventKind.DELTA, EventKind.END]
 
 
+@pytest.mark.asyncio
+async def test_a_waiting_reader_runs_as_soon_as_the_writer_yields_once() -> None:
+    """A writer relaying a burst yields once after the first token (`Agent`); the reader it
+    woke must run in that turn, not after the rest of the burst."""
+    log = _started()
+    woke: list[int] = []
+
+    async def reader() -> None:
+        for timeout in (None, 60.0):  # with no deadline, and with one
+            await log.wait(log.last_seq, timeout=timeout)
+            woke.append(log.last_seq)
+
+    task = asyncio.create_task(reader())
+    for _ in range(3):  # let it reach its first wait
+        await asyncio.sleep(0)
+    for token in range(1, 3):
+        log.put_sync(f"t{token}")
+        await asyncio.sleep(0)
+        assert woke == list(range(1, token + 1))
+        for _ in range(3):  # back to waiting
+            await asyncio.sleep(0)
+    await asyncio.wait_for(task, 5)
+
+
 def test_failure_is_an_error_then_an_end() -> None:
     """Defect 11: the end and the error are events, never swallowed."""
     log = _started()

@@ -9,6 +9,7 @@ readable after a failure or cancellation, so partial work is saved too.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +83,12 @@ class Agent:
         specs = self.tools.specs() if offer_tools else ()
         async for delta in self.provider.stream(messages, specs):
             if isinstance(delta, TextDelta):
+                first = buffer.first_token_at is None
                 buffer.put_sync(delta.text)
+                if first:
+                    # Let the readers send the first token now: the rest of a reply that
+                    # arrived in the same read would otherwise be relayed before they run.
+                    await asyncio.sleep(0)
             elif isinstance(delta, ToolCallDelta):
                 call = calls.setdefault(delta.index, _PendingToolCall())
                 if delta.call_id:

@@ -320,7 +320,10 @@ class StreamBuffer:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            # Not `wait_for`: it wakes this task through a callback and a second future, a
+            # loop iteration later, by when a writer relaying a burst has moved on.
+            async with asyncio.timeout(timeout):
+                await waiter
         except TimeoutError:
             return False
         finally:

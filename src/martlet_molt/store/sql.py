@@ -12,7 +12,7 @@ second process waits for the file lock instead of failing half-way through a tra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -237,6 +237,21 @@ class SqlStore:
             completed_at=None,
             client_request_id=client_request_id,
         )
+        # Spelled out, not `asdict`: that deep-copies every field, a tenth of this call.
+        run: dict[str, Any] = {
+            "run_id": run_id,
+            "session_id": session_id,
+            "principal": principal,
+            "status": record.status.value,
+            "content": "",
+            "error": None,
+            "usage": None,
+            "events": [],
+            "client_request_id": client_request_id,
+            "created_at": now,
+            "updated_at": now,
+            "completed_at": None,
+        }
         question = NewMessage(role="user", content=user_message, run_id=run_id)
         session = {
             "session_id": session_id,
@@ -250,8 +265,7 @@ class SqlStore:
             if owner != principal:  # raising rolls the touch back
                 raise SessionNotFound(f"session {session_id} not found")
             insert_message(conn, _message_values(session_id, question, now), question.content)
-            run = asdict(record)
-            conn.execute(_INSERT_RUN, {**run, "status": record.status.value})
+            conn.execute(_INSERT_RUN, run)
 
         try:
             await self._write(work)
