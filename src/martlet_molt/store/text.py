@@ -62,8 +62,6 @@ def parts_of(text: StoredText, size: int = PART_CHARS) -> Iterator[str]:
 def inline_or_parts(text: StoredText) -> tuple[str, Iterator[str] | None]:
     """How a row holds `text`: inline when it fits in one part (no parts then), otherwise an
     empty inline value and its parts."""
-    if isinstance(text, str):
-        return (text, None) if len(text) <= PART_CHARS else ("", parts_of(text))
     if len(text) <= PART_CHARS:
         return str(text), None
     return "", parts_of(text)
