@@ -68,6 +68,25 @@ class Settings(BaseSettings):
     # Store.
     database_url: str = DEFAULT_DATABASE_URL
 
+    # Several instances: a shared stream log on Redis, leases on the runs each instance owns.
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis for several instances; unset: one process, no service needed.",
+    )
+    redis_prefix: str = Field(
+        default="martlet",
+        min_length=1,
+        description="Namespace of every Redis key, so deployments can share one Redis.",
+    )
+    run_lease_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="An owner that stops renewing loses its runs to another instance this late.",
+    )
+    instance_id: str | None = Field(
+        default=None, description="This instance's name in leases and logs; default: random."
+    )
+
     # Runs and their stream logs.
     run_retention_seconds: float = Field(default=900.0, ge=0)
     max_reply_chars: int = Field(default=1_000_000, ge=1)

@@ -6,12 +6,15 @@ MartletError                      500
 │   ├── SessionNotFound
 │   └── RunNotFound
 ├── Conflict                      409
-│   └── SessionBusy               (carries the active run's id)
+│   ├── SessionBusy               (carries the active run's id)
+│   └── LeaseLost                 (a fenced write by an owner that lost its run; never HTTP)
 ├── InvalidRequest                422
 ├── BodyTooLarge                  413  (the request body passed MARTLET_MAX_BODY_BYTES)
 ├── TooManyRuns                   429
 ├── ProviderNotConfigured         503
 ├── ServiceUnavailable            503
+│   ├── BrokerUnavailable         (Redis cannot be reached: new runs wait for it)
+│   └── StoreUnavailable          (the database cannot be reached)
 ├── ProviderError                 502  (the upstream failed)
 ├── ReplyTooLong                  (ends a run; never reaches HTTP)
 └── InvalidTransition             500  (a bug: a run state changed illegally)
@@ -84,6 +87,17 @@ class SessionBusy(Conflict):
         self.active_run_id = active_run_id
 
 
+class LeaseLost(Conflict):
+    """An instance wrote to a run it no longer owns: its lease expired and another instance
+    took the run over (its fencing token is stale). The write changed nothing."""
+
+    code = "lease_lost"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} is no longer owned by this instance", run_id=run_id)
+        self.run_id = run_id
+
+
 class InvalidRequest(MartletError):
     """The request is well-formed HTTP but asks for something invalid."""
 
@@ -118,6 +132,19 @@ class ServiceUnavailable(MartletError):
 
     status_code = 503
     code = "unavailable"
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """The shared stream log (Redis) cannot be reached, so a run started now could not be read
+    from other instances."""
+
+    code = "broker_unavailable"
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """The database cannot be reached, so nothing new can be saved."""
+
+    code = "store_unavailable"
 
 
 class ProviderError(MartletError):
