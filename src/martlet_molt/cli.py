@@ -1,4 +1,5 @@
-"""The `martlet-molt` command: serve the gateway; chat with it from a terminal (`terminal.py`).
+"""The `martlet-molt` command: serve the gateway; migrate its database (`db upgrade`, `db
+current`); chat with it from a terminal (`terminal.py`).
 
 `martlet-molt serve` loads only what the gateway runs: the terminal client's commands (rich,
 Markdown rendering, an HTTP client) are registered for every other command line, and `cli`
@@ -14,7 +15,7 @@ import typer
 from loguru import logger
 
 HELP = "martlet_molt: a chat gateway whose replies survive the connection."
-SERVER_COMMANDS = ("serve", "version")
+SERVER_COMMANDS = ("serve", "version", "db")
 """Commands that need no terminal client."""
 
 
@@ -64,10 +65,45 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def db_upgrade() -> None:
+    """Migrate the database (MARTLET_DATABASE_URL) to this release's schema."""
+    # The gateway migrates on start too; this is for doing it ahead of a deployment.
+    import asyncio
+
+    from martlet_molt.config import Settings
+    from martlet_molt.errors import SchemaTooNew
+    from martlet_molt.store.migrations import upgrade_database
+
+    try:
+        revision = asyncio.run(upgrade_database(Settings().database_url))
+    except SchemaTooNew as exc:
+        typer.echo(f"martlet-molt: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"at revision {revision}")
+
+
+def db_current() -> None:
+    """Print the revision the database (MARTLET_DATABASE_URL) is at, changing nothing."""
+    import asyncio
+
+    from martlet_molt.config import Settings
+    from martlet_molt.store.migrations import HEAD_REVISION, database_revision
+
+    revision = asyncio.run(database_revision(Settings().database_url))
+    if revision == HEAD_REVISION:
+        typer.echo(f"{revision} (head)")
+    else:
+        typer.echo(f"{revision or 'none'} (head: {HEAD_REVISION})")
+
+
 def _server_commands() -> typer.Typer:
     app = typer.Typer(help=HELP)
     app.command()(serve)
     app.command()(version)
+    db = typer.Typer(help="The database's schema.", no_args_is_help=True)
+    db.command("upgrade")(db_upgrade)
+    db.command("current")(db_current)
+    app.add_typer(db, name="db")
     return app
 
 

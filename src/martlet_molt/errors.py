@@ -17,6 +17,7 @@ MartletError                      500
 │   └── StoreUnavailable          (the database cannot be reached)
 ├── ProviderError                 502  (the upstream failed)
 ├── ReplyTooLong                  (ends a run; never reaches HTTP)
+├── SchemaTooNew                  (a newer release migrated the database; stops start-up)
 └── InvalidTransition             500  (a bug: a run state changed illegally)
 """
 
@@ -159,6 +160,21 @@ class ReplyTooLong(MartletError):
 
     status_code = 500
     code = "reply_too_long"
+
+
+class SchemaTooNew(MartletError):
+    """The database was migrated by a newer release than this one: its schema may hold what
+    this code would break, so the store does not open."""
+
+    code = "schema_too_new"
+
+    def __init__(self, database_revision: str, code_revision: str) -> None:
+        super().__init__(
+            f"the database schema is at revision {database_revision}, newer than this code's "
+            f"{code_revision}; upgrade martlet-molt",
+            database_revision=database_revision,
+            code_revision=code_revision,
+        )
 
 
 class InvalidTransition(MartletError):

@@ -2,8 +2,10 @@
 
 from martlet_molt.store.base import (
     Checkpoint,
+    Lease,
     MessageRecord,
     NewMessage,
+    RenewedLeases,
     RunRecord,
     SessionRecord,
     Store,
@@ -12,8 +14,10 @@ from martlet_molt.store.base import (
 
 __all__ = [
     "Checkpoint",
+    "Lease",
     "MessageRecord",
     "NewMessage",
+    "RenewedLeases",
     "RunRecord",
     "SessionRecord",
     "Store",

@@ -5,6 +5,11 @@ Records are plain frozen dataclasses; timestamps are timezone-aware UTC datetime
 a JSON-serialisable list where an int is a text delta of that many characters of `content`
 and an object is any other event. It lets a resume after the in-memory log is evicted answer
 with the same sequence numbers as the live run did.
+
+Several instances share one database through leases: the instance that starts a run owns it
+and renews its lease; when the lease runs out, another instance takes the run over (it becomes
+`interrupted`, keeping its checkpointed text) and the run's fencing token (`fence`) goes up,
+so that the old owner's late writes, which carry the old token, are refused.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from martlet_molt.core.status import RunStatus
 from martlet_molt.store.text import StoredText
 
 JsonObject = dict[str, Any]
+
+INTERRUPTED_ERROR = "interrupted"
+"""The error of a run that stopped because its gateway did (see `core.recovery`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +85,45 @@ class RunRecord:
     usage: JsonObject | None = None
     events: list[Any] = field(default_factory=list[Any])
     client_request_id: str | None = None
+    owner: str | None = None
+    """The instance that runs it (None: a single-process gateway's run)."""
+    fence: int = 0
+    """The fencing token: 1 when started, one more each time another instance takes it over."""
+    lease_expires_at: datetime | None = None
+    """Until when the owner holds it, unless renewed (None: no lease, no owner to wait for)."""
+    cancel_requested: bool = False
+    """Someone asked the owner, wherever it runs, to cancel the run."""
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """What a live run streamed since its previous checkpoint: the new text and the replay
-    index entries of the new events. Checkpoints append; they never rewrite the reply."""
+    index entries of the new events. Checkpoints append; they never rewrite the reply.
+
+    With a `fence`, the checkpoint applies only while the run is unfinished and still carries
+    that fencing token: a stale owner's checkpoint is refused."""
 
     run_id: str
     content: StoredText
     events: list[Any]
+    fence: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A run an instance believes it owns, with the fencing token it got when it started it."""
+
+    run_id: str
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class RenewedLeases:
+    """What a lease renewal found: the runs this owner still holds (renewed), and those of
+    them someone asked to cancel. A run not in `held` is lost to the owner."""
+
+    held: set[str] = field(default_factory=set[str])
+    cancel_requested: set[str] = field(default_factory=set[str])
 
 
 class Store(Protocol):
@@ -112,9 +149,34 @@ class Store(Protocol):
         run_id: str,
         user_message: str,
         client_request_id: str | None = None,
+        owner: str | None = None,
+        lease_seconds: float | None = None,
     ) -> RunRecord:
         """Create the session if new, save the user message and a `pending` run, atomically.
-        Another principal's session raises `SessionNotFound` and changes nothing."""
+        Another principal's session raises `SessionNotFound`, a session with an unfinished
+        run `SessionBusy` (naming that run); either changes nothing.
+
+        The run gets `owner`, fence 1, and a lease of `lease_seconds` (None: no lease, as a
+        single-process gateway runs)."""
+        ...
+
+    async def renew_leases(
+        self, *, owner: str, leases: Sequence[Lease], lease_seconds: float
+    ) -> RenewedLeases:
+        """Extend, in one transaction, the leases `owner` still holds: unfinished runs it owns
+        with the same fencing token. The others are lost to it and must stop writing."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> bool:
+        """Flag an unfinished run for cancelling, for its owner to see when it renews; False
+        if the run is final or missing."""
+        ...
+
+    async def take_over_expired(self, *, limit: int = 100) -> list[RunRecord]:
+        """Interrupt unfinished runs whose lease ran out (or that have none: a dead
+        single-process gateway's), keeping their checkpointed text and adding it as the
+        session's interrupted reply, and bump their fencing token; the runs as finished.
+        Concurrent callers never take the same run."""
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -135,9 +197,10 @@ class Store(Protocol):
         """Append what a live run streamed since its previous checkpoint."""
         ...
 
-    async def checkpoint_runs(self, checkpoints: Sequence[Checkpoint]) -> None:
+    async def checkpoint_runs(self, checkpoints: Sequence[Checkpoint]) -> set[str]:
         """Append many live runs' new text in one transaction (marking them `streaming`);
-        final runs are never touched."""
+        final runs are never touched. Returns the runs whose fenced checkpoint was refused
+        (final, or fenced by a newer token): they wrote nothing."""
         ...
 
     async def finish_run(
@@ -150,9 +213,11 @@ class Store(Protocol):
         usage: JsonObject | None,
         events: list[Any],
         messages: list[NewMessage],
+        fence: int | None = None,
     ) -> None:
         """Save a run's final state (its whole reply and replay index) and its new messages
-        (tool turns, the reply) atomically."""
+        (tool turns, the reply) atomically. With a `fence`, only an unfinished run carrying
+        that token is saved; otherwise `LeaseLost` is raised and nothing changes."""
         ...
 
     async def unfinished_runs(self) -> list[RunRecord]:

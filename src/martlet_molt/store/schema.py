@@ -1,6 +1,8 @@
 """The SQL tables behind `SqlStore` (SQLAlchemy Core, SQLite and PostgreSQL) and row mappers.
 
-Bump `SCHEMA_VERSION` and add a migration step in `SqlStore.open` when a table changes.
+`metadata` is the schema's current shape, for building queries; the migrations
+(`store/migrations/versions/`) make it. When a table changes, change it here and add a
+revision; a test checks that migrating an empty database yields exactly `metadata`.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -21,12 +24,14 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
 )
 
 from martlet_molt.core.status import RunStatus
 from martlet_molt.store.base import MessageRecord, RunRecord, SessionRecord
 
-SCHEMA_VERSION = 3  # 2: run_parts; 3: message_parts
+UNFINISHED = (RunStatus.PENDING.value, RunStatus.STREAMING.value)
+"""The statuses of a run that is still running (or was left so by a dead process)."""
 
 # Identifiers and enum-like values; long enough for UUIDs, principals and client request ids.
 _ID = 255
@@ -62,6 +67,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 metadata = MetaData()
 
+# The releases before the migrations versioned the schema here (up to 3). It now holds 4, which
+# those releases refuse to open: they would start runs without leases.
 schema_version = Table(
     "schema_version",
     metadata,
@@ -119,6 +126,13 @@ runs = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("completed_at", UtcDateTime, nullable=True),
+    # Leases (several instances): the instance running the run, its fencing token (bumped when
+    # another instance takes the run over), until when the owner holds it, and a cancel asked
+    # of whichever instance owns it.
+    Column("owner", String(_ID), nullable=True),
+    Column("fence", Integer, nullable=False, server_default="0"),
+    Column("lease_expires_at", UtcDateTime, nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, server_default=false()),
     Index("ix_runs_session", "session_id"),
     Index("ix_runs_status", "status"),
 )
@@ -166,6 +180,15 @@ Index(
     postgresql_where=runs.c.client_request_id.is_not(None),
 )
 
+# One generation at a time per session, across every instance.
+Index(
+    "ux_runs_session_active",
+    runs.c.session_id,
+    unique=True,
+    sqlite_where=runs.c.status.in_(UNFINISHED),
+    postgresql_where=runs.c.status.in_(UNFINISHED),
+)
+
 
 def session_record(m: RowMapping) -> SessionRecord:
     """A `sessions` row as the record the protocol hands out."""
@@ -208,4 +231,8 @@ def run_record(m: RowMapping) -> RunRecord:
         usage=m["usage"],
         events=list(m["events"]),
         client_request_id=m["client_request_id"],
+        owner=m["owner"],
+        fence=m["fence"],
+        lease_expires_at=m["lease_expires_at"],
+        cancel_requested=m["cancel_requested"],
     )

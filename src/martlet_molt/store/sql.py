@@ -7,6 +7,9 @@ once, at import, and executed with parameters, so a call pays no statement const
 SQLite (the default) is tuned for a gateway: WAL so readers never block the writer, a busy
 timeout, foreign keys on, one writer thread that queues writes, and `BEGIN IMMEDIATE` so that a
 second process waits for the file lock instead of failing half-way through a transaction.
+
+`open` migrates the schema (`store.migrations`); leases and fencing for several instances are
+in `store.leases`, the saving of a final run, shared with a takeover, in `store.final`.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Insert,
+    Row,
     bindparam,
     delete,
     func,
     insert,
-    or_,
     select,
     update,
 )
@@ -32,47 +36,48 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from martlet_molt.core.status import RunStatus
-from martlet_molt.errors import Conflict, InvalidRequest, RunNotFound, SessionNotFound
+from martlet_molt.errors import (
+    Conflict,
+    InvalidRequest,
+    LeaseLost,
+    RunNotFound,
+    SessionBusy,
+    SessionNotFound,
+)
 from martlet_molt.store.base import (
     Checkpoint,
     JsonObject,
+    Lease,
     MessageRecord,
     NewMessage,
+    RenewedLeases,
     RunRecord,
     SessionRecord,
 )
+from martlet_molt.store.final import (
+    FINISH_FENCED_RUN,
+    FINISH_RUN,
+    is_unfinished,
+    message_values,
+    save_final,
+)
+from martlet_molt.store.leases import LeaseClock, renew, take_over
+from martlet_molt.store.migrations import upgrade_schema
 from martlet_molt.store.parts import (
     append_checkpoints,
     insert_message,
     message_texts_in_parts,
-    replace_run_parts,
     run_with_parts,
 )
-from martlet_molt.store.schema import (
-    SCHEMA_VERSION,
-    message_record,
-    metadata,
-    run_parts,
-    runs,
-    schema_version,
-    session_record,
-)
+from martlet_molt.store.schema import UNFINISHED, message_record, run_parts, runs, session_record
 from martlet_molt.store.schema import messages as messages_table
 from martlet_molt.store.schema import sessions as sessions_table
-from martlet_molt.store.text import StoredText, inline_or_parts
+from martlet_molt.store.text import StoredText
 from martlet_molt.store.transactions import T, Transactions, Work, open_transactions
-
-_UNFINISHED = (RunStatus.PENDING.value, RunStatus.STREAMING.value)
-_SCHEMA_LOCK_KEY = 0x6D6F6C74  # PostgreSQL advisory lock held while creating the schema
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _is_unfinished(status: Any) -> Any:
-    # `IN (...)` expands per statement, which executemany cannot do; spell it out.
-    return or_(*(status == value for value in _UNFINISHED))
 
 
 def _session_upsert(dialect_insert: Any) -> Any:
@@ -89,6 +94,22 @@ _UPSERT_SESSION = {
     "postgresql": _session_upsert(pg_insert),
 }
 _INSERT_RUN = insert(runs)
+_SELECT_ACTIVE_RUN = (
+    select(runs.c.run_id, runs.c.client_request_id)
+    .where(runs.c.session_id == bindparam("session_id"), runs.c.status.in_(UNFINISHED))
+    .limit(1)
+)
+_SELECT_LIVE_FENCES = (
+    select(runs.c.run_id, runs.c.fence)
+    .where(runs.c.run_id.in_(bindparam("run_ids", expanding=True)), runs.c.status.in_(UNFINISHED))
+    .order_by(runs.c.run_id)
+    .with_for_update()  # PostgreSQL: a takeover waits, or skips these runs this time
+)
+_REQUEST_CANCEL = (
+    update(runs)
+    .where(runs.c.run_id == bindparam("b_run_id"), is_unfinished(runs.c.status))
+    .values(cancel_requested=True)
+)
 _SELECT_RUN = select(runs).where(runs.c.run_id == bindparam("run_id"))
 _SELECT_RUN_BY_REQUEST = select(runs).where(
     runs.c.session_id == bindparam("session_id"),
@@ -96,28 +117,8 @@ _SELECT_RUN_BY_REQUEST = select(runs).where(
 )
 _MARK_STREAMING = (
     update(runs)
-    .where(runs.c.run_id == bindparam("b_run_id"), _is_unfinished(runs.c.status))
+    .where(runs.c.run_id == bindparam("b_run_id"), is_unfinished(runs.c.status))
     .values(status=RunStatus.STREAMING.value, updated_at=bindparam("b_now"))
-)
-_FINISH_RUN = (
-    update(runs)
-    .where(runs.c.run_id == bindparam("b_run_id"))
-    .values(
-        status=bindparam("b_status"),
-        content=bindparam("b_content"),
-        error=bindparam("b_error"),
-        usage=bindparam("b_usage"),
-        events=bindparam("b_events"),
-        updated_at=bindparam("b_now"),
-        completed_at=bindparam("b_now"),
-    )
-    # Not the content or events just written: they can be megabytes, and the caller has them.
-    .returning(runs.c.session_id)
-)
-_TOUCH_SESSION = (
-    update(sessions_table)
-    .where(sessions_table.c.session_id == bindparam("b_session_id"))
-    .values(updated_at=bindparam("b_now"))
 )
 _SELECT_SESSION = select(sessions_table).where(
     sessions_table.c.session_id == bindparam("session_id")
@@ -129,18 +130,24 @@ _SELECT_MESSAGES = (
 )
 
 
-def _message_values(session_id: str, message: NewMessage, at: datetime) -> dict[str, Any]:
-    """A message row's values but its text, which `insert_message` places."""
-    return {
-        "session_id": session_id,
-        "role": message.role,
-        "status": message.status.value,
-        "run_id": message.run_id,
-        "tool_calls": message.tool_calls,
-        "tool_call_id": message.tool_call_id,
-        "name": message.name,
-        "created_at": at,
-    }
+def _duplicate(run_id: str, client_request_id: str | None) -> Conflict:
+    return Conflict(
+        f"run {run_id} or request {client_request_id} already exists",
+        run_id=run_id,
+        client_request_id=client_request_id,
+    )
+
+
+def _refusal(
+    session_id: str, run_id: str, client_request_id: str | None, active: Row[Any, Any]
+) -> Conflict:
+    """Why a run cannot start in a session whose `active` run is unfinished: a retry of that
+    run (its id, or its request id) is a duplicate, as ever; anything else finds it busy."""
+    if active.run_id == run_id or (
+        client_request_id is not None and active.client_request_id == client_request_id
+    ):
+        return _duplicate(run_id, client_request_id)
+    return SessionBusy(session_id, active.run_id)
 
 
 class SqlStore:
@@ -150,34 +157,27 @@ class SqlStore:
         self._url = make_url(url)
         self._sqlite = self._url.get_backend_name() == "sqlite"
         self._upsert_session = _UPSERT_SESSION["sqlite" if self._sqlite else "postgresql"]
+        self._clock = LeaseClock(sqlite=self._sqlite)
+        self._insert_leased_run: Insert = (
+            _INSERT_RUN
+            if self._sqlite
+            else insert(runs)
+            .values(lease_expires_at=self._clock.deadline)
+            .returning(runs.c.lease_expires_at)
+        )
         self._transactions: Transactions | None = None
 
     async def open(self) -> None:
-        """Connect, create the schema if missing and check its version."""
+        """Connect and migrate the schema to the one this code knows (once, if several
+        instances start together); a schema newer than the code raises `SchemaTooNew`."""
         if self._transactions is not None:
             return
         self._transactions = open_transactions(self._url)
         try:
-            await self._write(self._create_schema)
+            await self._write(upgrade_schema)
         except BaseException:
             await self.close()
             raise
-
-    def _create_schema(self, conn: Connection) -> None:
-        if not self._sqlite:  # several workers may start at once
-            conn.execute(select(func.pg_advisory_xact_lock(_SCHEMA_LOCK_KEY)))
-        metadata.create_all(conn)
-        version = conn.scalar(select(func.max(schema_version.c.version)))
-        if version is None:
-            conn.execute(insert(schema_version).values(version=SCHEMA_VERSION))
-        elif version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"database schema version {version} is newer than this code "
-                f"({SCHEMA_VERSION}); upgrade martlet-molt"
-            )
-        elif version < SCHEMA_VERSION:
-            # 1 -> 2 added `run_parts`, 2 -> 3 `message_parts`: `create_all` has just made them.
-            conn.execute(update(schema_version).values(version=SCHEMA_VERSION))
 
     async def close(self) -> None:
         """Release every connection; the store can be opened again."""
@@ -220,10 +220,14 @@ class SqlStore:
         run_id: str,
         user_message: str,
         client_request_id: str | None = None,
+        owner: str | None = None,
+        lease_seconds: float | None = None,
     ) -> RunRecord:
         """Create the session if new, save the user message and a `pending` run, atomically.
-        Another principal's session raises `SessionNotFound` and changes nothing."""
-        self._check_text(session_id, principal, run_id, user_message, client_request_id)
+        Another principal's session raises `SessionNotFound`, a session with an unfinished run
+        `SessionBusy`; either changes nothing. The run gets `owner`, fence 1, and a lease of
+        `lease_seconds` (None: no lease)."""
+        self._check_text(session_id, principal, run_id, user_message, client_request_id, owner)
         now = _now()
         record = RunRecord(
             run_id=run_id,
@@ -236,6 +240,8 @@ class SqlStore:
             updated_at=now,
             completed_at=None,
             client_request_id=client_request_id,
+            owner=owner,
+            fence=1,
         )
         # Spelled out, not `asdict`: that deep-copies every field, a tenth of this call.
         run: dict[str, Any] = {
@@ -251,7 +257,18 @@ class SqlStore:
             "created_at": now,
             "updated_at": now,
             "completed_at": None,
+            "owner": owner,
+            "fence": 1,
+            "cancel_requested": False,
         }
+        insert_run = _INSERT_RUN
+        if lease_seconds is not None:
+            insert_run = self._insert_leased_run
+            lease = self._clock.parameters(now, lease_seconds)
+            if self._sqlite:
+                run["lease_expires_at"] = lease["b_lease_until"]
+            else:
+                run.update(lease)
         question = NewMessage(role="user", content=user_message, run_id=run_id)
         session = {
             "session_id": session_id,
@@ -260,22 +277,28 @@ class SqlStore:
             "updated_at": now,
         }
 
-        def work(conn: Connection) -> None:
-            owner = conn.execute(self._upsert_session, session).scalar_one()
-            if owner != principal:  # raising rolls the touch back
-                raise SessionNotFound(f"session {session_id} not found")
-            insert_message(conn, _message_values(session_id, question, now), question.content)
-            conn.execute(_INSERT_RUN, run)
+        def work(conn: Connection) -> datetime | None:
+            if conn.execute(self._upsert_session, session).scalar_one() != principal:
+                raise SessionNotFound(f"session {session_id} not found")  # rolls the touch back
+            active = conn.execute(_SELECT_ACTIVE_RUN, {"session_id": session_id}).first()
+            if active is not None:
+                raise _refusal(session_id, run_id, client_request_id, active)
+            insert_message(conn, message_values(session_id, question, now), question.content)
+            inserted = conn.execute(insert_run, run)
+            return inserted.scalar() if inserted.returns_rows else run.get("lease_expires_at")
 
         try:
-            await self._write(work)
+            lease_expires_at = await self._write(work)
         except IntegrityError as exc:
-            raise Conflict(
-                f"run {run_id} or request {client_request_id} already exists",
-                run_id=run_id,
-                client_request_id=client_request_id,
-            ) from exc
-        return record
+            # Another instance started a run in this session meanwhile (PostgreSQL), or the
+            # run or the request already exists.
+            active = await self._read(
+                lambda conn: conn.execute(_SELECT_ACTIVE_RUN, {"session_id": session_id}).first()
+            )
+            if active is not None:
+                raise _refusal(session_id, run_id, client_request_id, active) from exc
+            raise _duplicate(run_id, client_request_id) from exc
+        return replace(record, lease_expires_at=lease_expires_at)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         """The run, or None."""
@@ -306,7 +329,7 @@ class SqlStore:
             values["completed_at"] = now
         statement = (
             update(runs)
-            .where(runs.c.run_id == run_id, runs.c.status.in_(_UNFINISHED))
+            .where(runs.c.run_id == run_id, runs.c.status.in_(UNFINISHED))
             .values(**values)
         )
         await self._write(lambda conn: conn.execute(statement))
@@ -316,26 +339,29 @@ class SqlStore:
         never touched."""
         await self.checkpoint_runs([Checkpoint(run_id, content, events)])
 
-    async def checkpoint_runs(self, checkpoints: Sequence[Checkpoint]) -> None:
+    async def checkpoint_runs(self, checkpoints: Sequence[Checkpoint]) -> set[str]:
         """Append many live runs' new text in one transaction: a part per run, numbered after
-        its last one, and `streaming` on its row. Final runs are skipped."""
+        its last one, and `streaming` on its row. Final runs are skipped; the runs whose fenced
+        checkpoint was refused (final, or fenced by another token) are returned."""
         if not checkpoints:
-            return
+            return set()
         for checkpoint in checkpoints:
             self._check_text(checkpoint.content)
         now = _now()
-        run_ids = [c.run_id for c in checkpoints]
+        run_ids = sorted({c.run_id for c in checkpoints})
 
-        def work(conn: Connection) -> None:
-            live = set(
-                conn.scalars(
-                    select(runs.c.run_id).where(
-                        runs.c.run_id.in_(run_ids), runs.c.status.in_(_UNFINISHED)
-                    )
-                )
-            )
-            if not live:
-                return
+        def work(conn: Connection) -> set[str]:
+            rows = conn.execute(_SELECT_LIVE_FENCES, {"run_ids": run_ids})
+            fences: dict[str, int] = {run_id: fence for run_id, fence in rows}
+            refused = {
+                c.run_id
+                for c in checkpoints
+                if c.fence is not None and fences.get(c.run_id) != c.fence
+            }
+            applied = [c for c in checkpoints if c.run_id in fences and c.run_id not in refused]
+            if not applied:
+                return refused
+            live = {c.run_id for c in applied}
             last_parts = select(run_parts.c.run_id, func.max(run_parts.c.part)).where(
                 run_parts.c.run_id.in_(live)
             )
@@ -343,10 +369,11 @@ class SqlStore:
                 run_id: part
                 for run_id, part in conn.execute(last_parts.group_by(run_parts.c.run_id))
             }
-            append_checkpoints(conn, [c for c in checkpoints if c.run_id in live], last)
+            append_checkpoints(conn, applied, last)
             conn.execute(_MARK_STREAMING, [{"b_run_id": run_id, "b_now": now} for run_id in live])
+            return refused
 
-        await self._write(work)
+        return await self._write(work)
 
     async def finish_run(
         self,
@@ -358,9 +385,11 @@ class SqlStore:
         usage: JsonObject | None,
         events: list[Any],
         messages: list[NewMessage],
+        fence: int | None = None,
     ) -> None:
         """Save a run's final state and its new messages (tool turns, the reply) atomically.
         The final text replaces the checkpoints: inline in the row, or as parts when long.
+        With a `fence`, only an unfinished run carrying that token is saved, else `LeaseLost`.
 
         A message without a `run_id` is attributed to this run.
         """
@@ -368,32 +397,59 @@ class SqlStore:
         for m in messages:
             self._check_text(m.role, m.content, m.run_id, m.tool_call_id, m.name)
         now = _now()
+        statement = FINISH_RUN if fence is None else FINISH_FENCED_RUN
 
         def work(conn: Connection) -> None:
-            inline, parts = inline_or_parts(content)
-            final = {
-                "b_run_id": run_id,
-                "b_status": status.value,
-                "b_content": inline,
-                "b_error": error,
-                "b_usage": usage,
-                "b_events": events,
-                "b_now": now,
-            }
-            session_id = conn.execute(_FINISH_RUN, final).scalar()
-            if session_id is None:
-                raise RunNotFound(f"run {run_id} not found", run_id=run_id)
-            replace_run_parts(conn, run_id, parts)
-            for m in messages:  # one by one: ids must follow the given order
-                values = _message_values(session_id, replace(m, run_id=m.run_id or run_id), now)
-                insert_message(conn, values, m.content)
-            conn.execute(_TOUCH_SESSION, {"b_session_id": session_id, "b_now": now})
+            saved = save_final(
+                conn,
+                statement,
+                run_id=run_id,
+                status=status,
+                content=content,
+                error=error,
+                usage=usage,
+                events=events,
+                messages=messages,
+                now=now,
+                fence=fence,
+            )
+            if saved:
+                return
+            if fence is not None and conn.execute(_SELECT_RUN, {"run_id": run_id}).first():
+                raise LeaseLost(run_id)
+            raise RunNotFound(f"run {run_id} not found", run_id=run_id)
 
         await self._write(work)
 
+    async def renew_leases(
+        self, *, owner: str, leases: Sequence[Lease], lease_seconds: float
+    ) -> RenewedLeases:
+        """Extend the leases `owner` still holds (unfinished, same fence) in one statement;
+        which it holds, and which of those someone asked to cancel."""
+        now = _now()
+        held = list(leases)
+        return await self._write(
+            lambda conn: renew(
+                conn, self._clock, owner=owner, leases=held, lease_seconds=lease_seconds, now=now
+            )
+        )
+
+    async def request_cancel(self, run_id: str) -> bool:
+        """Flag an unfinished run for cancelling by its owner; False if final or missing."""
+        flagged = await self._write(
+            lambda conn: conn.execute(_REQUEST_CANCEL, {"b_run_id": run_id}).rowcount
+        )
+        return flagged > 0
+
+    async def take_over_expired(self, *, limit: int = 100) -> list[RunRecord]:
+        """Interrupt up to `limit` unfinished runs whose lease ran out or that have none,
+        keeping their text, and bump their fence; the runs as finished (see `store.leases`)."""
+        now = _now()
+        return await self._write(lambda conn: take_over(conn, self._clock, limit=limit, now=now))
+
     async def unfinished_runs(self) -> list[RunRecord]:
         """Runs still `pending` or `streaming`, oldest first, with their checkpoints."""
-        query = select(runs).where(runs.c.status.in_(_UNFINISHED)).order_by(runs.c.created_at)
+        query = select(runs).where(runs.c.status.in_(UNFINISHED)).order_by(runs.c.created_at)
 
         def work(conn: Connection) -> list[RunRecord]:
             return [run_with_parts(conn, row) for row in conn.execute(query).mappings().all()]
