@@ -17,6 +17,7 @@ MartletError                      500
 │   └── StoreUnavailable          (the database cannot be reached)
 ├── ProviderError                 502  (the upstream failed)
 ├── ReplyTooLong                  (ends a run; never reaches HTTP)
+├── SettingsRefused               (the settings cannot serve, e.g. Redis with SQLite; at start)
 └── InvalidTransition             500  (a bug: a run state changed illegally)
 """
 
@@ -159,6 +160,13 @@ class ReplyTooLong(MartletError):
 
     status_code = 500
     code = "reply_too_long"
+
+
+class SettingsRefused(MartletError):
+    """The settings cannot serve as configured (Redis with a SQLite store): the app refuses to
+    start rather than serve runs other instances could not see."""
+
+    code = "settings_refused"
 
 
 class InvalidTransition(MartletError):
