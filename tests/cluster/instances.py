@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from tests.cluster.balancer import Balancer
 from tests.cluster.services import REDIS_URL
 from tests.fake_upstream import FakeUpstream
@@ -68,6 +70,7 @@ class ClusterFactory:
     directory: Path
     shared: ClusterSettings
     started: list[Cluster] = field(default_factory=lambda: [])
+    processes: list[GatewayProcess] = field(default_factory=lambda: [])
 
     def instance(self, name: str, *, args: Sequence[str] = (), **settings: str) -> GatewayProcess:
         """One gateway process (not started) on the shared database, Redis and upstream."""
@@ -85,13 +88,15 @@ class ClusterFactory:
                 **settings,
             }
         )
-        return GatewayProcess(
+        process = GatewayProcess(
             env=env,
             cwd=self.directory,
             db_path=None,
             log_path=self.directory / f"{name}.log",
             args=args,
         )
+        self.processes.append(process)
+        return process
 
     def __call__(self, count: int, *, balancer: bool = True, **settings: str) -> Cluster:
         """Start `count` instances (with these extra settings), then nginx in front of them."""
@@ -108,12 +113,18 @@ class ClusterFactory:
         return cluster
 
     def close(self) -> None:
-        """Stop nginx and kill every instance still running."""
+        """Stop nginx and kill every instance still running, with its children (the workers
+        of `serve --workers`)."""
         for cluster in self.started:
             if cluster.balancer is not None:
                 cluster.balancer.stop()
-            for instance in cluster.instances:
-                if instance.alive:
-                    with contextlib.suppress(Exception):
-                        instance.resume()  # a paused process must be able to die
-                        instance.kill()
+        for instance in self.processes:
+            if not instance.alive:
+                continue
+            with contextlib.suppress(psutil.Error):
+                for child in psutil.Process(instance.pid).children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        child.kill()
+            with contextlib.suppress(Exception):
+                instance.resume()  # a paused process must be able to die
+                instance.kill()
