@@ -72,8 +72,7 @@ class GatewayProcess:
     ) -> None:
         self.env = env
         self.cwd = cwd
-        self.db_path = db_path
-        """The SQLite file, for `query`; None when the database is not SQLite."""
+        self._db_path = db_path
         self.log_path = log_path
         self.args = list(args)
         """More arguments for `serve` (for example `--workers 2`)."""
@@ -88,6 +87,13 @@ class GatewayProcess:
     def url(self) -> str:
         """Root URL of the gateway."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file (raises for a gateway whose database is not SQLite)."""
+        if self._db_path is None:
+            raise RuntimeError("this gateway's database is not a SQLite file")
+        return self._db_path
 
     @property
     def pid(self) -> int:
@@ -211,8 +217,6 @@ class GatewayProcess:
 
     def query(self, sql: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query on the database file (safe while the process runs)."""
-        if self.db_path is None:
-            raise RuntimeError("this gateway's database is not a SQLite file")
         return read_only_query(self.db_path, sql, parameters)
 
 
