@@ -91,6 +91,7 @@ class WorkerPool:
     _workers: list[_Worker] = field(default_factory=lambda: [])
     _started: int = 0
     _stopping: bool = False
+    _signal: int = 0
     _replaced_at: list[float] = field(default_factory=lambda: [])
 
     def run(self, sock: socket.socket) -> int:
@@ -113,6 +114,8 @@ class WorkerPool:
                 os.getpid(),
             )
             failed = self._watch(sock, wake_read)
+            if self._signal:
+                logger.info("{}: stopping the workers", signal.Signals(self._signal).name)
             sock.close()
             return 1 if self._stop_all() or failed else 0
         finally:
@@ -123,8 +126,8 @@ class WorkerPool:
             os.close(wake_write)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        if not self._stopping:
-            logger.info("{}: stopping the workers", signal.Signals(signum).name)
+        # Only a flag: logging here could deadlock on a lock the interrupted code holds.
+        self._signal = self._signal or signum
         self._stopping = True
 
     def _start_worker(self, sock: socket.socket) -> None:
