@@ -24,7 +24,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -61,11 +61,21 @@ def clean_env(settings: dict[str, str]) -> dict[str, str]:
 class GatewayProcess:
     """One gateway process (and its successors after `restart`) on one port and database."""
 
-    def __init__(self, *, env: dict[str, str], cwd: Path, db_path: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        cwd: Path,
+        db_path: Path | None,
+        log_path: Path,
+        args: Sequence[str] = (),
+    ) -> None:
         self.env = env
         self.cwd = cwd
-        self.db_path = db_path
+        self._db_path = db_path
         self.log_path = log_path
+        self.args = list(args)
+        """More arguments for `serve` (for example `--workers 2`)."""
         self.port = free_port()
         self.generation = 0
         self._popen: subprocess.Popen[bytes] | None = None
@@ -79,6 +89,13 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def db_path(self) -> Path:
+        """The SQLite file (raises for a gateway whose database is not SQLite)."""
+        if self._db_path is None:
+            raise RuntimeError("this gateway's database is not a SQLite file")
+        return self._db_path
+
+    @property
     def pid(self) -> int:
         """The current process's id."""
         return self._process().pid
@@ -90,11 +107,18 @@ class GatewayProcess:
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> GatewayProcess:
         """Spawn the process and return once `/healthz` answers 200 (bounded)."""
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> GatewayProcess:
+        """Spawn the process without waiting for it (`wait_ready` waits): several gateways
+        start side by side."""
         if self._popen is not None and self._popen.poll() is None:
             raise RuntimeError("the gateway process is already running")
         self.generation += 1
         cmd = [sys.executable, "-m", "martlet_molt", "serve"]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port), *self.args]
         with self.log_path.open("ab") as log:
             self._log_offset = log.tell()
             log.write(f"\n=== gateway process #{self.generation} ===\n".encode())
@@ -107,10 +131,11 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        self._wait_healthy(timeout)
         return self
 
-    def _wait_healthy(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Return once `/healthz` answers 200; raise (with the log) if the process exits or
+        does not answer within `timeout`."""
         deadline = time.monotonic() + timeout
         with httpx.Client(base_url=self.url, timeout=1.0) as client:
             while True:
@@ -149,6 +174,15 @@ class GatewayProcess:
         process = self._process()
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen (it accepts nothing, its kernel still queues
+        connections); `resume` thaws it."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`."""
+        os.kill(self.pid, signal.SIGCONT)
 
     def wait(self, timeout: float) -> int:
         """The exit code once the process has ended; raises `subprocess.TimeoutExpired`."""

@@ -20,7 +20,7 @@ from martlet_molt.config import Settings
 from martlet_molt.core.recovery import interrupt_orphaned_runs
 from martlet_molt.core.runs import RunManager
 from martlet_molt.core.tools import build_registry
-from martlet_molt.errors import MartletError
+from martlet_molt.errors import MartletError, SettingsRefused
 from martlet_molt.gateway.auth import ApiKeys
 from martlet_molt.gateway.limits import BodyLimit, error_response, http_error, invalid_request
 from martlet_molt.gateway.routes import router
@@ -40,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
+        refusal = settings.serving_refusal()
+        if refusal is not None:
+            raise SettingsRefused(refusal)
         async with AsyncExitStack() as stack:  # released in reverse: runs, provider, store
             store = create_store(settings.database_url)
             await store.open()

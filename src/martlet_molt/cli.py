@@ -22,6 +22,13 @@ SERVER_COMMANDS = ("serve", "version", "db")
 def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes serving the port (more than 1 needs MARTLET_REDIS_URL).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the gateway. Without MARTLET_API_KEYS it serves loopback only, unless
     MARTLET_ALLOW_UNAUTHENTICATED is set."""
@@ -31,6 +38,10 @@ def serve(
     from martlet_molt.logs import configure_logging
 
     settings = Settings()
+    refusal = settings.serving_refusal(workers=workers)
+    if refusal is not None:
+        typer.echo(f"martlet-molt: {refusal}", err=True)
+        raise typer.Exit(2)
     configure_logging(settings.log_level)
     logger.debug("memory: {}", allocator_description())
     bind = check_bind(host, settings)
@@ -51,6 +62,15 @@ def serve(
         except LocalModelError as exc:
             typer.echo(f"martlet-molt: {exc.message}", err=True)
             raise typer.Exit(1) from None
+    if workers > 1:
+        from martlet_molt.workers import serve_workers
+
+        try:
+            code = serve_workers(settings, host=host, port=port, count=workers)
+        except OSError as exc:
+            typer.echo(f"martlet-molt: cannot listen on {host}:{port}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        raise typer.Exit(code)
     # Imported only now: a refusal above answers at once, without loading the app's stack.
     from martlet_molt.app import create_app
     from martlet_molt.server import GatewayServer

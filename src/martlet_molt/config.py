@@ -154,3 +154,24 @@ class Settings(BaseSettings):
         `/`); empty means CORS is off."""
         origins = (origin.strip().rstrip("/") for origin in self.cors_origins.split(","))
         return [origin for origin in origins if origin]
+
+    @property
+    def uses_sqlite(self) -> bool:
+        """Whether the store is a SQLite file (one machine's, one process's at a time)."""
+        return self.database_url.startswith("sqlite")
+
+    def serving_refusal(self, *, workers: int = 1) -> str | None:
+        """Why these settings cannot serve with this many worker processes, in one line, or
+        None. Several processes only share runs through Redis, and Redis only helps when they
+        also share one database, which SQLite cannot be."""
+        if workers > 1 and not self.redis_url:
+            return (
+                f"--workers {workers} needs MARTLET_REDIS_URL: without Redis, runs live in one "
+                "process and another worker could not see them"
+            )
+        if self.redis_url and self.uses_sqlite:
+            return (
+                "MARTLET_REDIS_URL needs a PostgreSQL MARTLET_DATABASE_URL: several instances "
+                "need PostgreSQL to share sessions and runs, and SQLite is one process's file"
+            )
+        return None

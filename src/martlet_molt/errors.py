@@ -18,6 +18,7 @@ MartletError                      500
 ├── ProviderError                 502  (the upstream failed)
 ├── ReplyTooLong                  (ends a run; never reaches HTTP)
 ├── SchemaTooNew                  (a newer release migrated the database; stops start-up)
+├── SettingsRefused               (the settings cannot serve, e.g. Redis with SQLite; at start)
 └── InvalidTransition             500  (a bug: a run state changed illegally)
 """
 
@@ -175,6 +176,13 @@ class SchemaTooNew(MartletError):
             database_revision=database_revision,
             code_revision=code_revision,
         )
+
+
+class SettingsRefused(MartletError):
+    """The settings cannot serve as configured (Redis with a SQLite store): the app refuses to
+    start rather than serve runs other instances could not see."""
+
+    code = "settings_refused"
 
 
 class InvalidTransition(MartletError):

@@ -2,9 +2,11 @@
 
 Plain uvicorn, on SIGTERM, first waits for open connections and only then runs the app's
 shutdown; an SSE reader never closes by itself, so that wait would never end (or end by cutting
-readers off). Here the run manager drains first: new runs are refused, running ones get the
-grace period, the rest are interrupted with their partial replies saved; every reader receives
-its end event and its connection finishes; then uvicorn shuts down as usual.
+readers off). Here the server first stops accepting connections (a balancer's next one is
+refused and goes to another instance; a sibling worker on a shared socket takes it), then the
+run manager drains: new runs are refused, running ones get the grace period, the rest are
+interrupted with their partial replies saved; every reader receives its end event and its
+connection finishes; then uvicorn shuts down as usual.
 """
 
 from __future__ import annotations
@@ -59,8 +61,19 @@ class GatewayServer(uvicorn.Server):
             logger.debug("{} objects frozen out of garbage collection", gc.get_freeze_count())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Drain runs (readers get their end events), then shut down as uvicorn does."""
+        """Stop accepting, drain runs (readers get their end events), then shut down as
+        uvicorn does."""
+        self._stop_accepting()
         runs: RunManager | None = getattr(self.app.state, "runs", None)
         if runs is not None:
             await runs.close()
         await super().shutdown(sockets)
+
+    def _stop_accepting(self) -> None:
+        """Close the listening sockets and the idle keep-alive connections, so new requests go
+        elsewhere during the drain; responses in progress (SSE readers) go on, and their
+        connections close when they end."""
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
