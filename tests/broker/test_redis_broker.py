@@ -248,3 +248,16 @@ async def test_following_a_thousand_runs_takes_a_few_connections(
     del followed, late_reader
     gc.collect()
     assert reader_side.following == 0
+
+
+async def test_readers_of_one_run_share_one_remote_log(make_broker: BrokerFactory) -> None:
+    """Concurrent and later `follow`s of one run on one instance return the same log."""
+    owner, reader_side = await make_broker(), await make_broker()
+    log = _started()
+    owner.publish(log, owner="a")
+    await asyncio.wait_for(owner.drain(), 10)
+    first, second = await asyncio.gather(
+        _follow(reader_side, log.run_id), _follow(reader_side, log.run_id)
+    )
+    assert first is second is await _follow(reader_side, log.run_id)
+    assert reader_side.following == 1

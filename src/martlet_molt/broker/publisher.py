@@ -149,8 +149,11 @@ class Publisher:
             self._flushing = True
             try:
                 await self._flush(batch)
-            except RedisError as error:
-                self._health.lost(error)
+            except Exception as error:  # kept and retried: the flusher must never die
+                if isinstance(error, RedisError):
+                    self._health.lost(error)
+                else:
+                    logger.exception("flushing run logs failed")
                 for mirror in batch:
                     if mirror.log.run_id in self._mirrors:
                         self.dirty[mirror] = None

@@ -9,9 +9,11 @@ instance whatever the number of runs or readers:
 - `cancel`: the cancel channel's subscription.
 
 Tasks, all started by `open` and cancelled by `close`: the publisher's flusher
-(`publisher.py`), one loop per follower (`follower.py`) and the cancel listener
-(`cancel.py`). Each reports to one `Health`, so `healthy` is False while Redis is away and
-True again, by itself, once any of them gets an answer. `close` first gives what is still
+(`publisher.py`), one loop per follower (`follower.py`), the cancel listener (`cancel.py`)
+and a health probe. Each reports to one `Health`, so `healthy` is False while Redis is away
+and True again, by itself, once any of them gets an answer; the probe pings with a bounded
+backoff while the broker is unhealthy, so a failure seen by a one-off command (`follow`,
+`end_run`) recovers even when no loop is retrying. `close` first gives what is still
 unsent a bounded chance to reach Redis (if it is reachable), then stops retrying.
 
 Not Redis Cluster ready: a flush touches every run's keys in one script.
@@ -34,7 +36,7 @@ from redis.exceptions import RedisError
 from martlet_molt.broker.base import DEFAULT_MAX_ENTRIES, DEFAULT_RETENTION_SECONDS
 from martlet_molt.broker.cancel import CancelChannel
 from martlet_molt.broker.follower import Follower
-from martlet_molt.broker.health import Health
+from martlet_molt.broker.health import Backoff, Health
 from martlet_molt.broker.publisher import Publisher
 from martlet_molt.broker.remote_log import Entry, RemoteLog
 from martlet_molt.broker.scripts import END_RUN
@@ -105,6 +107,7 @@ class RedisBroker:
         )
         self._remote: weakref.WeakValueDictionary[str, RemoteLog] = weakref.WeakValueDictionary()
         self._loading: dict[str, asyncio.Future[RemoteLog | None]] = {}
+        self._probe: asyncio.Task[None] | None = None
 
     def _client(
         self, role: str, connections: int, timeout: float | None, *, single: bool = False
@@ -128,8 +131,20 @@ class RedisBroker:
         for follower in self._followers:
             follower.start()
         self._cancel.start()
+        if self._probe is None:
+            self._probe = asyncio.create_task(self._probe_while_unhealthy(), name="broker-probe")
         with contextlib.suppress(BrokerUnavailable):
             await self.ping()
+
+    async def _probe_while_unhealthy(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self._health.wait_for(False)
+            backoff.reset()
+            while not self._health.healthy:
+                await backoff.wait()
+                with contextlib.suppress(BrokerUnavailable):
+                    await self.ping()
 
     async def close(self) -> None:
         """Give unsent events a bounded chance to reach Redis, then stop every task."""
@@ -137,6 +152,11 @@ class RedisBroker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_DRAIN_SECONDS):
                     await self._publisher.drain()
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
         await self._publisher.close()
         for follower in self._followers:
             await follower.close()
