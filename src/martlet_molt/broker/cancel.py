@@ -23,7 +23,7 @@ from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from martlet_molt.broker.health import Backoff, Health
+from martlet_molt.broker.health import Backoff, Health, stop
 
 CancelCallback = Callable[[str], None]
 
@@ -39,6 +39,7 @@ class CancelChannel:
         self._callbacks: list[CancelCallback] = []
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._closing = False
 
     def on_cancel(self, callback: CancelCallback) -> None:
         """Call `callback(run_id)` for every cancel request any instance makes."""
@@ -59,11 +60,9 @@ class CancelChannel:
 
     async def close(self) -> None:
         """Stop listening and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._closing = True
+        await stop(self._task)
+        self._task = None
         await self._listener.aclose()
         await self._listener.connection_pool.disconnect()
 
@@ -71,7 +70,7 @@ class CancelChannel:
         backoff = Backoff()
         pubsub = self._listener.pubsub()  # pyright: ignore[reportUnknownMemberType]
         try:
-            while True:
+            while not self._closing:
                 try:
                     if not pubsub.subscribed:
                         await pubsub.subscribe(self._channel)

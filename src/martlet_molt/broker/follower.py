@@ -19,7 +19,6 @@ the same ids once Redis is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import cast
@@ -27,7 +26,7 @@ from typing import cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from martlet_molt.broker.health import Backoff, Health
+from martlet_molt.broker.health import Backoff, Health, stop
 from martlet_molt.broker.remote_log import Entry, RemoteLog
 
 # Entries read per run per `XREAD`; a run further behind is read on in the next turn.
@@ -55,6 +54,7 @@ class Follower:
         self._client_id: int | None = None
         self._added = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def __len__(self) -> int:
         return len(self._logs)
@@ -66,11 +66,10 @@ class Follower:
 
     async def close(self) -> None:
         """Stop reading and close the connection."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._closing = True
+        self._added.set()
+        await stop(self._task)
+        self._task = None
         await self._client.aclose()
         await self._client.connection_pool.disconnect()
 
@@ -94,15 +93,18 @@ class Follower:
 
     async def _run(self) -> None:
         backoff = Backoff()
-        while True:
-            while not len(self._logs):
+        while not self._closing:
+            if not len(self._logs):
                 self._added.clear()
                 await self._added.wait()
+                continue
             try:
                 if self._client_id is None:
                     self._client_id = int(await self._client.client_id())  # pyright: ignore[reportUnknownMemberType]
                 # A comprehension: no loop variable keeps a log alive while the read blocks.
                 streams = {key: log.last_entry_id for key, log in list(self._logs.items())}
+                if not streams:  # every log was dropped meanwhile
+                    continue
                 self._reading_generation = self._generation
                 try:
                     answer = await self._client.xread(

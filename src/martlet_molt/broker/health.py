@@ -8,11 +8,13 @@ while Redis is unreachable and flips back by itself with the first success after
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from loguru import logger
 
 BACKOFF_FIRST_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 2.0
+STOP_SECONDS = 2.0
 
 
 class Health:
@@ -48,6 +50,21 @@ class Health:
         """Return once `healthy` is `healthy` (at once if it is)."""
         while self._healthy is not healthy:
             await self._changed.wait()
+
+
+async def stop(task: asyncio.Task[None] | None) -> None:
+    """Cancel one of the broker's loops and wait for it, boundedly: a cancellation that
+    lands inside the client's own read timeout can be swallowed by it, so each loop also
+    checks its closing flag, and this never waits longer than `STOP_SECONDS`."""
+    if task is None or task.done():
+        return
+    task.cancel()
+    await asyncio.wait({task}, timeout=STOP_SECONDS)
+    if task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            task.result()
+    else:
+        logger.warning("broker task {} did not stop in time", task.get_name())
 
 
 class Backoff:

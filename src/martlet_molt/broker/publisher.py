@@ -20,14 +20,13 @@ unhealthy, retries with a bounded backoff and catches up by itself once Redis an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 from loguru import logger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from martlet_molt.broker.health import Backoff, Health
+from martlet_molt.broker.health import Backoff, Health, stop
 from martlet_molt.broker.scripts import APPEND, AppendResult
 from martlet_molt.broker.wire import RunKeys, encode_event, run_keys
 from martlet_molt.core.stream_buffer import EventKind, StreamBuffer
@@ -83,6 +82,7 @@ class Publisher:
         self._flushing = False
         self._flushed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.flushes = 0
         """Flushes sent (one command each), for measuring commands per event."""
 
@@ -114,11 +114,10 @@ class Publisher:
 
     async def close(self) -> None:
         """Stop the flusher (no more retries) and detach every log."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._closing = True
+        self.wake.set()
+        await stop(self._task)
+        self._task = None
         for mirror in list(self._mirrors.values()):
             self._drop(mirror)
         self.dirty.clear()
@@ -139,6 +138,8 @@ class Publisher:
         started = -self._flush_interval
         while True:
             await self.wake.wait()
+            if self._closing:
+                return
             pause = started + self._flush_interval - loop.time()
             if pause > 0:
                 await asyncio.sleep(pause)  # pacing: let a burst of runs share one command

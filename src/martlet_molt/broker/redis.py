@@ -36,7 +36,7 @@ from redis.exceptions import RedisError
 from martlet_molt.broker.base import DEFAULT_MAX_ENTRIES, DEFAULT_RETENTION_SECONDS
 from martlet_molt.broker.cancel import CancelChannel
 from martlet_molt.broker.follower import Follower
-from martlet_molt.broker.health import Backoff, Health
+from martlet_molt.broker.health import Backoff, Health, stop
 from martlet_molt.broker.publisher import Publisher
 from martlet_molt.broker.remote_log import Entry, RemoteLog
 from martlet_molt.broker.scripts import END_RUN
@@ -152,11 +152,8 @@ class RedisBroker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_DRAIN_SECONDS):
                     await self._publisher.drain()
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        await stop(self._probe)
+        self._probe = None
         await self._publisher.close()
         for follower in self._followers:
             await follower.close()
