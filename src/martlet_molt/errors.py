@@ -19,6 +19,8 @@ MartletError                      500
 ├── ReplyTooLong                  (ends a run; never reaches HTTP)
 ├── SchemaTooNew                  (a newer release migrated the database; stops start-up)
 ├── SettingsRefused               (the settings cannot serve, e.g. Redis with SQLite; at start)
+├── LogTrimmed                    (the shared log no longer holds a reader's cursor; the caller
+│                                  answers from the store instead; never reaches HTTP)
 └── InvalidTransition             500  (a bug: a run state changed illegally)
 """
 
@@ -183,6 +185,23 @@ class SettingsRefused(MartletError):
     start rather than serve runs other instances could not see."""
 
     code = "settings_refused"
+class LogTrimmed(MartletError):
+    """A reader asked a shared stream log for events it no longer holds (it keeps only the
+    newest entries of a long run): the caller reads the run from the store instead, rather
+    than a reader silently skipping events."""
+
+    code = "log_trimmed"
+
+    def __init__(self, run_id: str, *, after: int, first_held: int) -> None:
+        super().__init__(
+            f"run {run_id}: events after {after} are no longer held (oldest held: {first_held})",
+            run_id=run_id,
+            after=after,
+            first_held=first_held,
+        )
+        self.run_id = run_id
+        self.after = after
+        self.first_held = first_held
 
 
 class InvalidTransition(MartletError):

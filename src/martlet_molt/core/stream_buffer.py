@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from array import array
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -156,6 +156,8 @@ class StreamBuffer:
         self.updated_at = self.created_at
         self.completed_at: datetime | None = None
         self.first_token_at: datetime | None = None
+        # Told after every append (a broker mirroring this log elsewhere); None: nobody is.
+        self.on_append: Callable[[], None] | None = None
 
     # -- state ---------------------------------------------------------------------------
 
@@ -216,6 +218,8 @@ class StreamBuffer:
                 if not waiter.done():
                     waiter.set_result(None)
             self._waiters.clear()
+        if self.on_append is not None:
+            self.on_append()
 
     def _require_streaming(self) -> None:
         if self._status is not RunStatus.STREAMING:

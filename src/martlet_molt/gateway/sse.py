@@ -34,7 +34,8 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from martlet_molt.core.stream_buffer import EventKind, RunEvent, StreamBuffer
+from martlet_molt.core.stream_buffer import EventKind, RunEvent
+from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.metrics import Metrics
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -156,7 +157,7 @@ class SseResponse(Response):
 
     def __init__(
         self,
-        log: StreamBuffer,
+        log: StreamLog,
         *,
         after: int,
         wire_format: SseFormat,
@@ -237,7 +238,7 @@ class SseResponse(Response):
 
 
 def sse_response(
-    log: StreamBuffer,
+    log: StreamLog,
     *,
     after: int,
     wire_format: SseFormat,
