@@ -5,6 +5,9 @@ Nothing is built at import time, so each test (or process) builds its own app.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -16,6 +19,7 @@ from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from martlet_molt import __version__
+from martlet_molt.broker.base import create_broker
 from martlet_molt.config import Settings
 from martlet_molt.core.recovery import interrupt_orphaned_runs
 from martlet_molt.core.runs import RunManager
@@ -34,6 +38,14 @@ async def _martlet_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
+def instance_name(settings: Settings) -> str:
+    """This instance's name in leases and logs: `MARTLET_INSTANCE_ID`, else host, pid and a
+    random suffix (a restarted process is a new owner)."""
+    if settings.instance_id:
+        return settings.instance_id
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gateway for these settings."""
     settings = settings or Settings()
@@ -43,11 +55,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         refusal = settings.serving_refusal()
         if refusal is not None:
             raise SettingsRefused(refusal)
-        async with AsyncExitStack() as stack:  # released in reverse: runs, provider, store
+        # Released in reverse: runs (drained, saved), provider, broker (flushed), store.
+        async with AsyncExitStack() as stack:
             store = create_store(settings.database_url)
             await store.open()
             stack.push_async_callback(store.close)
-            await interrupt_orphaned_runs(store)
+            owner = instance_name(settings)
+            broker = create_broker(
+                settings.redis_url,
+                prefix=settings.redis_prefix,
+                instance_id=owner,
+                retention_seconds=settings.run_retention_seconds,
+            )
+            await broker.open()
+            stack.push_async_callback(broker.close)
             provider = await stack.enter_async_context(open_provider(settings))
             if provider is not None:
                 logger.info("provider {} with model {}", provider.name, provider.model)
@@ -56,7 +77,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 store=store,
                 provider=provider,
                 tools=build_registry(settings.enabled_tools),
+                broker=broker,
+                owner=owner,
             )
+            if runs.leases is not None:
+                # Other instances may be running: take over only runs whose lease expired.
+                await runs.leases.take_over_expired()
+                logger.info("instance {} shares runs through Redis", runs.owner)
+            else:
+                await interrupt_orphaned_runs(store)
             runs.open()
             stack.push_async_callback(runs.close)
             app.state.runs = runs

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Partial replies reach the store at most this late."
     )
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    save_retry_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="How long a finished run's save is retried while the database is down.",
+    )
 
     # HTTP edge.
     sse_ping_seconds: float = Field(default=15.0, gt=0)

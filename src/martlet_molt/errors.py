@@ -185,6 +185,8 @@ class SettingsRefused(MartletError):
     start rather than serve runs other instances could not see."""
 
     code = "settings_refused"
+
+
 class LogTrimmed(MartletError):
     """A reader asked a shared stream log for events it no longer holds (it keeps only the
     newest entries of a long run): the caller reads the run from the store instead, rather

@@ -8,9 +8,7 @@ from __future__ import annotations
 from loguru import logger
 
 from martlet_molt.core.status import RunStatus
-from martlet_molt.store.base import NewMessage, Store
-
-INTERRUPTED_ERROR = "interrupted"
+from martlet_molt.store.base import INTERRUPTED_ERROR, NewMessage, Store
 
 
 async def interrupt_orphaned_runs(store: Store) -> int:

@@ -9,13 +9,21 @@ Who does what:
   going away cancels nothing but that reader.
 - Finished logs stay in memory for the retention period (within count and size caps) so late
   readers replay from memory; after that a resume is answered from the store.
+
+With several instances (a `RedisBroker`), the broker mirrors every log this instance owns so that
+any instance can read it; a run started elsewhere is read through `broker.follow`, and cancelled
+through the broker and the database (`request_cancel`), since only its owner holds its task.
+Each owned run carries a fencing token: its checkpoints and its final save are refused once
+another instance took it over (`core/leases.py`), and a refused run stops without saving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -23,14 +31,21 @@ from typing import Any
 
 from loguru import logger
 
+from martlet_molt.broker.base import Broker
+from martlet_molt.broker.memory import MemoryBroker
 from martlet_molt.config import Settings
 from martlet_molt.core.agent import Agent
+from martlet_molt.core.leases import LeaseKeeper
 from martlet_molt.core.memory import TRIM_AFTER_EVICTED, release_memory
 from martlet_molt.core.session import new_session_id, to_chat_messages
 from martlet_molt.core.status import RunStatus
 from martlet_molt.core.stream_buffer import StreamBuffer, StreamBufferManager, new_run_id
+from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.core.tools import ToolRegistry
 from martlet_molt.errors import (
+    BrokerUnavailable,
+    LeaseLost,
+    LogTrimmed,
     MartletError,
     ProviderError,
     ProviderNotConfigured,
@@ -38,16 +53,29 @@ from martlet_molt.errors import (
     ServiceUnavailable,
     SessionBusy,
     SessionNotFound,
+    StoreUnavailable,
 )
 from martlet_molt.metrics import Metrics, classify_upstream_error
 from martlet_molt.providers.base import ChatMessage, Provider
-from martlet_molt.store.base import Checkpoint, RunRecord, Store
+from martlet_molt.store.base import Checkpoint, Lease, RunRecord, Store
+from martlet_molt.store.reachability import is_unreachable
 
 PROVIDER_HINT = (
     "no model provider is configured: set OPENAI_API_KEY (and optionally OPENAI_BASE_URL) "
     "or OPENAI_BASE_URL for a local OpenAI-compatible server, then restart; or unset "
     "MARTLET_PROVIDER to answer with the built-in local model"
 )
+
+TAKEN_OVER_ERROR = "interrupted: another instance took the run over"
+"""Why an owner that lost its lease ends its own copy of the log."""
+
+_SAVE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+REMOTE_CATCH_UP_SECONDS = 1.0
+"""How long a resume on another instance waits for the owner's mirror to reach its cursor."""
+
+CANCEL_POLL_SECONDS = 0.1
+"""How often a cancel of a run owned elsewhere checks the store, when its log cannot be read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +134,18 @@ class RunManager:
         provider: Provider | None,
         tools: ToolRegistry,
         metrics: Metrics | None = None,
+        broker: Broker | None = None,
+        owner: str = "",
     ) -> None:
         self.settings = settings
         self.store = store
         self.provider = provider
         self.tools = tools
         self.metrics = metrics if metrics is not None else Metrics()
+        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        self.owner = owner
+        # Several instances share runs only through a broker that reaches them all.
+        self.shared = not isinstance(self.broker, MemoryBroker)
         self.logs = StreamBufferManager(
             settings.max_active_runs,
             retention_seconds=settings.run_retention_seconds,
@@ -128,16 +162,52 @@ class RunManager:
         self._checkpointed: dict[str, int] = {}
         self._chores: list[asyncio.Task[None]] = []
         self._beginning: set[asyncio.Task[None]] = set()
+        self._fences: dict[str, int] = {}
+        self._lost: set[str] = set()
+        self.leases: LeaseKeeper | None = None
+        if self.shared:
+            self.leases = LeaseKeeper(
+                store=store,
+                broker=self.broker,
+                owner=owner,
+                lease_seconds=settings.run_lease_seconds,
+                held=self._held_leases,
+                on_lost=self._lose,
+                on_cancel=self._cancel_here,
+            )
+            self.broker.on_cancel(self._cancel_here)
         self.metrics.watch_active_runs(lambda: len(self._tasks))
 
     # -- life cycle ----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Start the periodic chores: checkpoints of live runs, eviction of finished logs."""
+        """Start the periodic chores: checkpoints of live runs, eviction of finished logs, and
+        with several instances the leases."""
         self._chores = [
             asyncio.create_task(self._checkpoint_periodically(), name="checkpoints"),
             asyncio.create_task(self._evict_periodically(), name="log eviction"),
         ]
+        if self.leases is not None:
+            self.leases.open()
+
+    def _held_leases(self) -> list[Lease]:
+        return [
+            Lease(run_id, fence)
+            for run_id, fence in self._fences.items()
+            if run_id in self._tasks and run_id not in self._lost
+        ]
+
+    def _lose(self, run_id: str) -> None:
+        """Another instance took this run over: stop it at once (closing the upstream
+        request) and save nothing, since the outcome is already decided."""
+        if run_id in self._tasks and run_id not in self._lost:
+            self._lost.add(run_id)
+            self._cancel_task(run_id)
+
+    def _cancel_here(self, run_id: str) -> None:
+        """A cancel asked on another instance, for a run this instance may own."""
+        if self._cancel_task(run_id) is not None:
+            logger.info("run {} cancel requested on another instance", run_id)
 
     async def _evict_periodically(self) -> None:
         while True:
@@ -165,17 +235,26 @@ class RunManager:
             saved = self._checkpointed.get(run_id, 0)
             if saved == log.last_seq:
                 continue
-            batch.append(Checkpoint(run_id, log.content_after(saved), log.replay_index(saved)))
+            batch.append(
+                Checkpoint(
+                    run_id,
+                    log.content_after(saved),
+                    log.replay_index(saved),
+                    fence=self._fences.get(run_id),
+                )
+            )
             seqs[run_id] = log.last_seq
         if not batch:
             return
         try:
-            await self.store.checkpoint_runs(batch)
+            refused = await self.store.checkpoint_runs(batch)
         except Exception as exc:
             logger.opt(exception=exc).error("checkpoint of {} runs failed", len(batch))
             return
+        for run_id in refused:
+            self._lose(run_id)
         for run_id, seq in seqs.items():
-            if run_id in self._tasks:
+            if run_id in self._tasks and run_id not in refused:
                 self._checkpointed[run_id] = seq
 
     async def close(self, grace_seconds: float | None = None) -> None:
@@ -199,6 +278,8 @@ class RunManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await chore
         self._chores = []
+        if self.leases is not None:
+            await self.leases.close()
 
     # -- starting ------------------------------------------------------------------------
 
@@ -209,12 +290,16 @@ class RunManager:
         principal: str,
         session_id: str | None = None,
         client_request_id: str | None = None,
-    ) -> StreamBuffer:
+    ) -> StreamLog:
         """Save the user's message and start a background run answering it."""
         if not self._accepting:
             raise ServiceUnavailable("the gateway is shutting down; try again shortly")
         if self.provider is None:
             raise ProviderNotConfigured(PROVIDER_HINT)
+        if not self.broker.healthy:
+            raise BrokerUnavailable(
+                "the shared stream log (Redis) cannot be reached; try again shortly"
+            )
         request_key = None
         if client_request_id is not None:
             request_key = (principal, session_id or "", client_request_id)
@@ -263,20 +348,28 @@ class RunManager:
         """Save the question and a pending run, then start the run's task."""
         run_id, session_id = log.run_id, log.session_id
         try:
-            await self.store.start_run(
+            record = await self.store.start_run(
                 session_id=session_id,
                 principal=log.principal,
                 run_id=run_id,
                 user_message=message,
                 client_request_id=client_request_id,
+                owner=self.owner if self.shared else None,
+                lease_seconds=self.settings.run_lease_seconds if self.shared else None,
             )
-        except BaseException:
+        except BaseException as exc:
             self._active_by_session.pop(session_id, None)
             request_key = self._request_of_run.pop(run_id, None)
             if request_key is not None:
                 self._by_request.pop(request_key, None)
             self.logs.remove(run_id)
+            if isinstance(exc, Exception) and is_unreachable(exc):
+                logger.warning("run {} could not be saved to start: {!r}", run_id, exc)
+                raise StoreUnavailable("the store cannot be reached; try again shortly") from exc
             raise
+        if self.shared:
+            self._fences[run_id] = record.fence
+            self.broker.publish(log, owner=self.owner)
         agent = Agent(provider, self.tools, max_rounds=self.settings.max_tool_rounds)
         task = asyncio.create_task(self._drive(log, agent, first_turn), name=f"run {run_id}")
         self._tasks[run_id] = task
@@ -284,7 +377,7 @@ class RunManager:
         self.metrics.run_started()
         logger.info("run {} started in session {} (model {})", run_id, session_id, provider.model)
 
-    async def _find_started(self, request_key: tuple[str, str, str]) -> StreamBuffer | None:
+    async def _find_started(self, request_key: tuple[str, str, str]) -> StreamLog | None:
         """The run a retried request already started (in memory, else in the store)."""
         principal, session_id, client_request_id = request_key
         run_id = self._by_request.get(request_key)
@@ -306,6 +399,8 @@ class RunManager:
         self._tasks.pop(run_id, None)
         self._cancelling.discard(run_id)
         self._checkpointed.pop(run_id, None)
+        self._fences.pop(run_id, None)
+        self._lost.discard(run_id)
         if not task.cancelled() and task.exception() is not None:
             logger.opt(exception=task.exception()).error("run task {} crashed", task.get_name())
 
@@ -340,6 +435,8 @@ class RunManager:
         except asyncio.CancelledError:
             status = RunStatus.INTERRUPTED if self._shutting_down else RunStatus.CANCELLED
             error = "interrupted" if self._shutting_down else None
+            if log.run_id in self._lost:
+                status, error = RunStatus.INTERRUPTED, TAKEN_OVER_ERROR
             logger.info("run {} {}", log.run_id, status.value)
         except MartletError as exc:
             status, error = RunStatus.FAILED, exc.message
@@ -353,20 +450,16 @@ class RunManager:
         self._cancelling.add(log.run_id)
         if agent.usage:
             log.set_usage(agent.usage)
-        try:
-            await self.store.finish_run(
-                log.run_id,
-                status=status,
-                content=log.text_from(),
-                error=error,
-                usage=log.usage,
-                events=log.replay_index(),
-                messages=agent.messages_to_save(log, status),
-            )
-        except Exception as exc:
-            logger.opt(exception=exc).error("run {} could not be saved", log.run_id)
-            status, error = RunStatus.FAILED, f"the reply could not be saved: {exc}"
+        if log.run_id in self._lost:
+            # Another instance saved the outcome already; this copy only tells its readers.
+            status, error = RunStatus.INTERRUPTED, TAKEN_OVER_ERROR
+        else:
+            status, error = await self._save(log, agent, status, error)
         self._end(log, status, error)
+        if log.run_id in self._lost:
+            # What this copy streamed after the takeover was never saved: from now on the run
+            # is read as the instance that took it over saved it.
+            self.logs.remove(log.run_id)
         self._count_end(log, status)
         first = log.first_token_at
         logger.info(
@@ -377,6 +470,41 @@ class RunManager:
             "-" if first is None else f"{(first - log.created_at).total_seconds():.3f}s",
             time.monotonic() - started,
         )
+
+    async def _save(
+        self, log: StreamBuffer, agent: Agent, status: RunStatus, error: str | None
+    ) -> tuple[RunStatus, str | None]:
+        """Save the run's outcome, retrying for a while if the database cannot be reached (the
+        text is held in the log meanwhile); returns the status readers are told."""
+        deadline = time.monotonic() + self.settings.save_retry_seconds
+        for attempt in itertools.count():
+            try:
+                await self.store.finish_run(
+                    log.run_id,
+                    status=status,
+                    content=log.text_from(),
+                    error=error,
+                    usage=log.usage,
+                    events=log.replay_index(),
+                    messages=agent.messages_to_save(log, status),
+                    fence=self._fences.get(log.run_id),
+                )
+                return status, error
+            except LeaseLost:
+                logger.warning("run {} was taken over before its save", log.run_id)
+                self._lost.add(log.run_id)
+                return RunStatus.INTERRUPTED, TAKEN_OVER_ERROR
+            except MartletError as exc:
+                logger.opt(exception=exc).error("run {} could not be saved", log.run_id)
+                return RunStatus.FAILED, f"the reply could not be saved: {exc.message}"
+            except Exception as exc:
+                delay = _SAVE_RETRY_DELAYS[min(attempt, len(_SAVE_RETRY_DELAYS) - 1)]
+                if not is_unreachable(exc) or time.monotonic() + delay > deadline:
+                    logger.opt(exception=exc).error("run {} could not be saved", log.run_id)
+                    return RunStatus.FAILED, f"the reply could not be saved: {exc}"
+                logger.warning("saving run {} failed, retrying: {!r}", log.run_id, exc)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _count_end(self, log: StreamBuffer, status: RunStatus) -> None:
         """Metrics of an ended run, once (never per chunk): both times from its creation."""
@@ -408,18 +536,53 @@ class RunManager:
 
     # -- reading and steering ------------------------------------------------------------
 
-    def active_run_id(self, session_id: str) -> str | None:
-        """The session's running run, if any."""
-        return self._active_by_session.get(session_id)
+    async def active_run_ids(self, session_ids: Sequence[str]) -> dict[str, str]:
+        """The running run of each session that has one (on any instance)."""
+        if self.shared:
+            return await self.store.active_run_ids(session_ids)
+        active = self._active_by_session
+        return {s: active[s] for s in session_ids if s in active}
 
-    async def get_log(self, run_id: str, principal: str) -> StreamBuffer:
-        """The run's log: live from memory, or rebuilt from the store after eviction."""
+    async def _follow_elsewhere(
+        self, run_id: str, principal: str, after: int = 0
+    ) -> StreamLog | None:
+        """A run's log mirrored by the instance that owns it, if the broker still holds it
+        from `after` on."""
+        if not self.shared:
+            return None
+        remote = await self.broker.follow(run_id)
+        if remote is None:
+            return None
+        if remote.principal != principal:
+            raise RunNotFound(f"run {run_id} not found")
+        try:
+            remote.events_after(after, limit=1)
+        except LogTrimmed:
+            return None
+        if after > remote.last_seq and not remote.closed:
+            # A reader that read the owner directly may be a flush ahead of the mirror.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REMOTE_CATCH_UP_SECONDS):
+                    while remote.last_seq < after and not remote.closed:
+                        await remote.wait(remote.last_seq)
+        return remote
+
+    async def get_log(self, run_id: str, principal: str, after: int = 0) -> StreamLog:
+        """The run's log, to be read from `after`: live from memory (this instance's, or the
+        owner's through the broker), or rebuilt from the store after eviction."""
         log = self.logs.get(run_id)
         if log is not None:
             if log.principal != principal:
                 raise RunNotFound(f"run {run_id} not found")
             return log
+        remote = await self._follow_elsewhere(run_id, principal, after)
+        if remote is not None:
+            return remote
         record = await self._get_record(run_id, principal)
+        if self.shared and not record.status.is_final:
+            raise BrokerUnavailable(
+                f"run {run_id} is live on another instance whose stream log cannot be read now"
+            )
         status = record.status if record.status.is_final else RunStatus.INTERRUPTED
         return StreamBuffer.from_saved(
             run_id=record.run_id,
@@ -445,6 +608,21 @@ class RunManager:
             return RunView.of_log(log)
         return RunView.of_record(await self._get_record(run_id, principal))
 
+    async def _until_final(self, run_id: str, principal: str) -> None:
+        """Wait (bounded by a lease and a grace period) for another instance's run to end."""
+        deadline = self.settings.run_lease_seconds + self.settings.shutdown_grace_seconds
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(deadline):
+                remote = await self._follow_elsewhere(run_id, principal)
+                if remote is not None:
+                    while not remote.closed:
+                        await remote.wait(remote.last_seq)
+                    return
+                while True:
+                    if (await self._get_record(run_id, principal)).status.is_final:
+                        return
+                    await asyncio.sleep(CANCEL_POLL_SECONDS)
+
     def _cancel_task(self, run_id: str) -> asyncio.Task[None] | None:
         task = self._tasks.get(run_id)
         if task is None or task.done():
@@ -461,6 +639,14 @@ class RunManager:
         if task is not None:
             logger.info("run {} cancel requested", run_id)
             await asyncio.wait({task})
+        elif self.shared and not view.status.is_final:
+            # Owned elsewhere: the owner hears it through the broker at once, or through the
+            # database at its next lease renewal if the message is lost.
+            logger.info("run {} cancel requested from its owner", run_id)
+            await self.store.request_cancel(run_id)
+            with contextlib.suppress(Exception):
+                await self.broker.request_cancel(run_id)
+            await self._until_final(run_id, principal)
         return await self.get_run(run_id, principal)
 
     async def delete_session(self, session_id: str, principal: str) -> None:
@@ -468,7 +654,7 @@ class RunManager:
         session = await self.store.get_session(session_id)
         if session is None or session.principal != principal:
             raise SessionNotFound(f"session {session_id} not found")
-        active = self._active_by_session.get(session_id)
+        active = (await self.active_run_ids([session_id])).get(session_id)
         if active is not None:
             await self.cancel(active, principal)
         await self.store.delete_session(session_id)

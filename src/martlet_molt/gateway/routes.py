@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from martlet_molt.config import Settings
 from martlet_molt.core.runs import RunManager, RunView
 from martlet_molt.core.session import SESSION_ID_PATTERN
-from martlet_molt.core.stream_buffer import StreamBuffer
+from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.errors import InvalidRequest, ServiceUnavailable, SessionNotFound
 from martlet_molt.gateway.auth import require_principal, require_stream_principal
 from martlet_molt.gateway.schemas import (
@@ -74,7 +74,7 @@ SessionId = Annotated[
 
 async def _start(
     body: ChatRequest, runs: RunManager, settings: Settings, principal: str
-) -> StreamBuffer:
+) -> StreamLog:
     if len(body.message) > settings.max_message_chars:
         raise InvalidRequest(
             f"message is {len(body.message)} characters; the limit is {settings.max_message_chars}"
@@ -168,8 +168,8 @@ async def stream_run(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> SseResponse:
     """A run's events: replayed from `after` (or `Last-Event-ID`), then live, until its end."""
-    log = await runs.get_log(run_id, principal)
     point = _resume_point(after, last_event_id)
+    log = await runs.get_log(run_id, principal, point)
     if point > log.last_seq:
         raise InvalidRequest(
             f"cannot resume after event {point}: run {run_id} has {log.last_seq} events so far",
@@ -203,13 +203,14 @@ async def list_sessions(
     sessions, total = await runs.store.list_sessions(
         principal=principal, limit=limit, offset=offset
     )
+    active = await runs.active_run_ids([s.session_id for s in sessions])
     return SessionPage(
         sessions=[
             SessionSummary(
                 session_id=s.session_id,
                 created_at=s.created_at,
                 updated_at=s.updated_at,
-                active_run_id=runs.active_run_id(s.session_id),
+                active_run_id=active.get(s.session_id),
             )
             for s in sessions
         ],
@@ -226,11 +227,12 @@ async def get_session(session_id: SessionId, runs: Runs, principal: Principal) -
     if session is None or session.principal != principal:
         raise SessionNotFound(f"session {session_id} not found")
     messages = await runs.store.list_messages(session_id)
+    active = await runs.active_run_ids([session_id])
     return SessionDetail(
         session_id=session.session_id,
         created_at=session.created_at,
         updated_at=session.updated_at,
-        active_run_id=runs.active_run_id(session_id),
+        active_run_id=active.get(session_id),
         messages=[
             MessageResponse(
                 role=m.role,
@@ -267,7 +269,8 @@ async def healthz(runs: Runs) -> HealthResponse:
 
 @router.get("/readyz", response_model=ReadyResponse)
 async def readyz(runs: Runs) -> ReadyResponse:
-    """Ready to serve: the store answers (else 503). Open, like `/healthz`."""
+    """Ready to serve: the store answers, and with several instances Redis too (else 503).
+    Open, like `/healthz`."""
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
             await runs.store.ping()
@@ -276,6 +279,17 @@ async def readyz(runs: Runs) -> ReadyResponse:
         raise ServiceUnavailable(
             "the store cannot be reached", store="unavailable", reason=type(exc).__name__
         ) from exc
+    if runs.shared:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                await runs.broker.ping()
+        except Exception as exc:
+            logger.warning("readiness check: the broker did not answer: {!r}", exc)
+            raise ServiceUnavailable(
+                "the shared stream log (Redis) cannot be reached",
+                broker="unavailable",
+                reason=type(exc).__name__,
+            ) from exc
     provider = runs.provider
     return ReadyResponse(
         status="ready",

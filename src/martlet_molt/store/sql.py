@@ -456,6 +456,19 @@ class SqlStore:
 
         return await self._read(work)
 
+    async def active_run_ids(self, session_ids: Sequence[str]) -> dict[str, str]:
+        """The unfinished run of each of these sessions that has one, whoever owns it."""
+        if not session_ids:
+            return {}
+        query = select(runs.c.session_id, runs.c.run_id).where(
+            runs.c.session_id.in_(list(session_ids)), runs.c.status.in_(UNFINISHED)
+        )
+
+        def work(conn: Connection) -> dict[str, str]:
+            return {row.session_id: row.run_id for row in conn.execute(query)}
+
+        return await self._read(work)
+
     async def get_session(self, session_id: str) -> SessionRecord | None:
         """The session, or None."""
 

@@ -17,6 +17,8 @@ back on its own, as with any database client; callers that must know the outcome
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +37,7 @@ Work = Callable[[Connection], T]
 
 WRITE_OPTION = "martlet_write"  # connection execution option: this transaction will write
 _READER_THREADS = 2
+WAL_SWITCH_ATTEMPTS = 50
 
 
 class Transactions(Protocol):
@@ -59,14 +62,25 @@ def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoo
     # sqlite3's legacy mode would BEGIN lazily and only before DML; `_sqlite_on_begin` decides.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    for pragma in (
-        "PRAGMA journal_mode=WAL",
-        "PRAGMA busy_timeout=5000",
-        "PRAGMA foreign_keys=ON",
-        "PRAGMA synchronous=NORMAL",
-    ):
+    # The busy timeout first, so that the others wait for a lock rather than fail on it.
+    cursor.execute("PRAGMA busy_timeout=5000")
+    _switch_to_wal(cursor)
+    for pragma in ("PRAGMA foreign_keys=ON", "PRAGMA synchronous=NORMAL"):
         cursor.execute(pragma)
     cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the file in WAL mode. Switching a new file takes an exclusive lock for which SQLite
+    does not wait when several processes open it at once, so a busy answer is retried."""
+    for attempt in range(WAL_SWITCH_ATTEMPTS):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01 * (attempt + 1))
 
 
 def _sqlite_on_begin(conn: Connection) -> None:
