@@ -204,3 +204,27 @@ async def test_a_live_reader_on_the_other_instance_sees_every_event_once(
         assert [e.id for e in remote_stream.events] == [e.id for e in owner_stream.events]
         assert [e.data for e in remote_stream.events] == [e.data for e in owner_stream.events]
         assert remote_stream.events[-1].json()["status"] == "completed"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_run_live_elsewhere_reads_fresh_and_its_session_deletes_from_any_instance(
+    make_instance: InstanceFactory, upstream: FakeUpstream, model: str
+) -> None:
+    script(upstream, model, token_count=1000, delay=0.01)
+    a, b = make_instance(checkpoint_seconds=30.0), make_instance()
+    async with client_of(a.url) as on_a, client_of(b.url) as on_b:
+        first = await first_events(on_a, "/chat/stream?format=json", {"message": "go"}, 30)
+        run_id, session_id = first.headers["x-run-id"], first.headers["x-session-id"]
+        # No checkpoint has reached the store yet: B answers from the owner's mirror.
+        seen = "".join(e.json()["text"] for e in first.events)
+        live = (await on_b.get(f"/runs/{run_id}")).json()
+        assert live["status"] == "streaming"
+        assert live["content"].startswith(seen)
+        deleted = await on_b.delete(f"/sessions/{session_id}")
+        assert deleted.status_code == 204, deleted.text
+        assert await wait_for_upstream_disconnect(upstream, model)
+        for client in (on_a, on_b):
+            assert (await client.get(f"/sessions/{session_id}")).status_code == 404
+            assert (await client.get(f"/runs/{run_id}")).status_code == 404
+            assert (await client.get(f"/runs/{run_id}/stream")).status_code == 404

@@ -15,7 +15,7 @@ the broker (the app's lifespan) opens it before the first run and closes it afte
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from martlet_molt.core.status import RunStatus
@@ -82,6 +82,15 @@ class Broker(Protocol):
 
     def on_cancel(self, callback: Callable[[str], None]) -> None:
         """Call `callback(run_id)` for each cancel request (the owner acts, others ignore)."""
+        ...
+
+    async def forget(self, run_ids: Sequence[str]) -> None:
+        """The runs of a deleted session: drop what the service holds of them and tell every
+        instance to drop what it holds (its `on_forget` callbacks)."""
+        ...
+
+    def on_forget(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(run_id)` for each run any instance forgets."""
         ...
 
 

@@ -1,5 +1,8 @@
 """Cancel requests across instances: one Redis pub/sub channel per deployment.
 
+The same channel carries `forget:<run_id>` when a session is deleted, so that every instance
+drops what it still holds of the session's runs.
+
 Any instance may be asked to cancel a run; only the run's owner can (its run manager is the
 only thing that cancels a run's task). `request` publishes the run id on the deployment's
 cancel channel; every instance's `CancelChannel` hears it and calls its callbacks, and the
@@ -27,6 +30,9 @@ from martlet_molt.broker.health import Backoff, Health, stop
 
 CancelCallback = Callable[[str], None]
 
+FORGET = "forget:"
+"""Marks a message about a deleted run (run ids never contain a colon)."""
+
 
 class CancelChannel:
     """Publishes and hears the deployment's cancel requests."""
@@ -37,6 +43,7 @@ class CancelChannel:
         self._channel = channel
         self._health = health
         self._callbacks: list[CancelCallback] = []
+        self._forget_callbacks: list[CancelCallback] = []
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._closing = False
@@ -45,9 +52,17 @@ class CancelChannel:
         """Call `callback(run_id)` for every cancel request any instance makes."""
         self._callbacks.append(callback)
 
+    def on_forget(self, callback: CancelCallback) -> None:
+        """Call `callback(run_id)` for every run any instance forgets."""
+        self._forget_callbacks.append(callback)
+
     async def request(self, run_id: str) -> None:
         """Ask every instance (the run's owner among them) to cancel `run_id`."""
         await self._commands.publish(self._channel, run_id)  # pyright: ignore[reportUnknownMemberType]
+
+    async def forget(self, run_id: str) -> None:
+        """Tell every instance that `run_id` is deleted."""
+        await self._commands.publish(self._channel, FORGET + run_id)  # pyright: ignore[reportUnknownMemberType]
 
     async def subscribed(self) -> None:
         """Return once the channel is subscribed (requests from now on are heard)."""
@@ -96,8 +111,11 @@ class CancelChannel:
             self._subscribed.set()
         elif message["type"] == "message":
             run_id = bytes(message["data"]).decode()
-            for callback in self._callbacks:
+            callbacks = self._callbacks
+            if run_id.startswith(FORGET):
+                run_id, callbacks = run_id.removeprefix(FORGET), self._forget_callbacks
+            for callback in callbacks:
                 try:
                     callback(run_id)
                 except Exception:  # one failing callback must not stop the listener
-                    logger.exception("cancel callback failed for run {}", run_id)
+                    logger.exception("control callback failed for run {}", run_id)

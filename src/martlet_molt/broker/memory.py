@@ -7,7 +7,7 @@ offer) and cancel requests go straight to this process's callbacks. It has no ta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from martlet_molt.core.status import RunStatus
 from martlet_molt.core.stream_buffer import StreamBuffer
@@ -19,6 +19,7 @@ class MemoryBroker:
 
     def __init__(self) -> None:
         self._callbacks: list[Callable[[str], None]] = []
+        self._forget_callbacks: list[Callable[[str], None]] = []
 
     async def open(self) -> None:
         """Nothing to connect."""
@@ -61,3 +62,13 @@ class MemoryBroker:
     def on_cancel(self, callback: Callable[[str], None]) -> None:
         """Call `callback(run_id)` for each cancel request."""
         self._callbacks.append(callback)
+
+    async def forget(self, run_ids: Sequence[str]) -> None:
+        """Tell this process's callbacks (it holds nothing else)."""
+        for run_id in run_ids:
+            for callback in self._forget_callbacks:
+                callback(run_id)
+
+    def on_forget(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(run_id)` for each forgotten run."""
+        self._forget_callbacks.append(callback)

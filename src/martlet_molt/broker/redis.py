@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 from uuid import uuid4
 
@@ -281,6 +281,24 @@ class RedisBroker:
     def on_cancel(self, callback: Callable[[str], None]) -> None:
         """Call `callback(run_id)` for every cancel request of the deployment."""
         self._cancel.on_cancel(callback)
+
+    async def forget(self, run_ids: Sequence[str]) -> None:
+        """Delete the runs' keys and tell every instance to drop what it holds of them."""
+        if not run_ids:
+            return
+        try:
+            keys = [run_keys(self.prefix, run_id) for run_id in run_ids]
+            await self._commands.unlink(*(k for pair in keys for k in (pair.log, pair.meta)))
+            for run_id in run_ids:
+                self._remote.pop(run_id, None)
+                await self._cancel.forget(run_id)
+        except RedisError as error:
+            self._health.lost(error)
+            raise BrokerUnavailable("Redis does not answer", url=self.url) from error
+
+    def on_forget(self, callback: Callable[[str], None]) -> None:
+        """Call `callback(run_id)` for every run any instance of the deployment forgets."""
+        self._cancel.on_forget(callback)
 
     async def subscribed(self) -> None:
         """Return once cancel requests are heard (the subscription is in place)."""

@@ -24,7 +24,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -176,6 +176,7 @@ class RunManager:
                 on_cancel=self._cancel_here,
             )
             self.broker.on_cancel(self._cancel_here)
+            self.broker.on_forget(self._forget_here)
         self.metrics.watch_active_runs(lambda: len(self._tasks))
 
     # -- life cycle ----------------------------------------------------------------------
@@ -203,6 +204,11 @@ class RunManager:
         if run_id in self._tasks and run_id not in self._lost:
             self._lost.add(run_id)
             self._cancel_task(run_id)
+
+    def _forget_here(self, run_id: str) -> None:
+        """Another instance deleted this run's session: drop its held log."""
+        if run_id not in self._tasks:
+            self.logs.remove(run_id)
 
     def _cancel_here(self, run_id: str) -> None:
         """A cancel asked on another instance, for a run this instance may own."""
@@ -606,7 +612,16 @@ class RunManager:
         log = self.logs.get(run_id)
         if log is not None and log.principal == principal:
             return RunView.of_log(log)
-        return RunView.of_record(await self._get_record(run_id, principal))
+        view = RunView.of_record(await self._get_record(run_id, principal))
+        if self.shared and not view.status.is_final:
+            # Live on another instance: its mirror is fresher than the last checkpoint.
+            with contextlib.suppress(MartletError):
+                remote = await self._follow_elsewhere(run_id, principal)
+                if remote is not None and remote.status.is_final:
+                    view = RunView.of_record(await self._get_record(run_id, principal))
+                elif remote is not None and len(remote.full_content) >= len(view.content):
+                    view = replace(view, content=remote.full_content, status=remote.status)
+        return view
 
     async def _until_final(self, run_id: str, principal: str) -> None:
         """Wait (bounded by a lease and a grace period) for another instance's run to end."""
@@ -657,7 +672,10 @@ class RunManager:
         active = (await self.active_run_ids([session_id])).get(session_id)
         if active is not None:
             await self.cancel(active, principal)
+        run_ids = await self.store.run_ids_of_session(session_id) if self.shared else []
         await self.store.delete_session(session_id)
+        with contextlib.suppress(BrokerUnavailable):  # if so, the keys expire by themselves
+            await self.broker.forget(run_ids)
         for run_id in self.logs.run_ids_of_session(session_id):
             self.logs.remove(run_id)
         logger.info("session {} deleted", session_id)

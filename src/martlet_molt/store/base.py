@@ -224,6 +224,10 @@ class Store(Protocol):
         """Runs still `pending` or `streaming` (after a crash: runs nobody is running)."""
         ...
 
+    async def run_ids_of_session(self, session_id: str) -> list[str]:
+        """Every run of a session (to forget them everywhere when it is deleted)."""
+        ...
+
     async def active_run_ids(self, session_ids: Sequence[str]) -> dict[str, str]:
         """The unfinished run of each of these sessions that has one, whoever owns it."""
         ...

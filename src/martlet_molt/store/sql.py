@@ -456,6 +456,11 @@ class SqlStore:
 
         return await self._read(work)
 
+    async def run_ids_of_session(self, session_id: str) -> list[str]:
+        """Every run of a session (to forget them everywhere when it is deleted)."""
+        query = select(runs.c.run_id).where(runs.c.session_id == session_id)
+        return await self._read(lambda conn: list(conn.scalars(query)))
+
     async def active_run_ids(self, session_ids: Sequence[str]) -> dict[str, str]:
         """The unfinished run of each of these sessions that has one, whoever owns it."""
         if not session_ids:
