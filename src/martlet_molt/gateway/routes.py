@@ -4,6 +4,7 @@ shapes the answer. Streaming handlers only read a run's log; they never own the 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
@@ -267,29 +268,25 @@ async def healthz(runs: Runs) -> HealthResponse:
     )
 
 
+async def _answers(ping: Callable[[], Awaitable[None]], what: str, **details: str) -> None:
+    """Raise 503 naming `what` unless `ping` succeeds within `READY_TIMEOUT_SECONDS`."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            await ping()
+    except Exception as exc:
+        logger.warning("readiness check: {} did not answer: {!r}", what, exc)
+        raise ServiceUnavailable(
+            f"{what} cannot be reached", reason=type(exc).__name__, **details
+        ) from exc
+
+
 @router.get("/readyz", response_model=ReadyResponse)
 async def readyz(runs: Runs) -> ReadyResponse:
     """Ready to serve: the store answers, and with several instances Redis too (else 503).
     Open, like `/healthz`."""
-    try:
-        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            await runs.store.ping()
-    except Exception as exc:
-        logger.warning("readiness check: the store did not answer: {!r}", exc)
-        raise ServiceUnavailable(
-            "the store cannot be reached", store="unavailable", reason=type(exc).__name__
-        ) from exc
+    await _answers(runs.store.ping, "the store", store="unavailable")
     if runs.shared:
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-                await runs.broker.ping()
-        except Exception as exc:
-            logger.warning("readiness check: the broker did not answer: {!r}", exc)
-            raise ServiceUnavailable(
-                "the shared stream log (Redis) cannot be reached",
-                broker="unavailable",
-                reason=type(exc).__name__,
-            ) from exc
+        await _answers(runs.broker.ping, "the shared stream log (Redis)", broker="unavailable")
     provider = runs.provider
     return ReadyResponse(
         status="ready",
