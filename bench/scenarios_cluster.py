@@ -336,9 +336,9 @@ def _spread(ctx: Context, stack: ClusterStack, tokens: int) -> dict[str, Any]:
             timeout=240,
         )
     result = trial.result
-    # Half-way through the runs, every stream is live with half its reply in Redis.
-    halfway = min(1.0, streams / 1000) + tokens * DELAY / 2
-    before, live, after = memory.first, memory.at(halfway), memory.last
+    # Half-way through the job every stream is live (started, not ended), its reply partly in
+    # Redis; at the end every reply is whole there, until the retention expires.
+    before, live, after = memory.first, memory.at(trial.wall / 2), memory.last
     per_1000 = 1000 / streams
     found = {
         "streams": streams,
@@ -367,7 +367,10 @@ def _spread(ctx: Context, stack: ClusterStack, tokens: int) -> dict[str, Any]:
             None,
             None,
             exact == 1.0,
-            f"statuses {result['statuses']}" if exact < 1 else "",
+            f"read complete {result['complete']}, saved {result['statuses']}; errors "
+            f"{result['errors']}"
+            if exact < 1
+            else "",
         )
     )
     for q in ("p50", "p99"):
@@ -384,7 +387,7 @@ def _spread(ctx: Context, stack: ClusterStack, tokens: int) -> dict[str, Any]:
     ctx.add(
         Row(
             NAME,
-            "Redis memory per 1,000 live streams, half-way through their replies "
+            "Redis memory per 1,000 live streams, half-way through the job "
             "(used_memory − before, scaled)",
             "MB",
             found["redis_mb_per_1000_live"],
