@@ -1,11 +1,11 @@
 """`python -m bench [--quick] [--only 1,3] [--profile]`: run the benchmark suite.
 
 Every scenario starts its own processes on 127.0.0.1 (fake upstream, gateway, load client;
-the pass-through proxy for scenario 0; the local model server for scenario 8), bounds every
-loop in count and time, and stops everything when it ends. Results:
-`bench/results/<timestamp>.json` and `.md`; plots: PNG files in `docs/bench/` after a complete
-full run, else next to the results (so smoke, partial and profiled runs never overwrite the
-committed plots).
+the pass-through proxy for scenario 0; the local model server for scenario 8; a Redis server
+and PostgreSQL databases for scenario 9), bounds every loop in count and time, and stops
+everything when it ends. Results: `bench/results/<timestamp>.json` and `.md`; plots: PNG files
+in `docs/bench/` after a complete full run, else next to the results (so smoke, partial and
+profiled runs never overwrite the committed plots).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from bench import plots, report
 from bench.harness import Context
 from bench.procs import ROOT
+from bench.scenarios_cluster import several_instances
 from bench.scenarios_local import local_model
 from bench.scenarios_relay import long_replies, relay, ttft
 from bench.scenarios_runs import fanout, resume
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], None]]] = {
     "6": ("resume", resume),
     "7": ("long replies", long_replies),
     "8": ("local model, direct vs through the gateway", local_model),
+    "9": ("several instances (Redis + PostgreSQL) beside one embedded", several_instances),
 }
 ALIASES = {"0": "2"}
 
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Run the benchmark suite.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
     parser.add_argument(
-        "--only", default="", help="comma-separated scenario numbers (0-8), default all"
+        "--only", default="", help="comma-separated scenario numbers (0-9), default all"
     )
     parser.add_argument(
         "--profile",
@@ -71,7 +73,7 @@ def selected(only: str) -> list[str]:
     keys = [ALIASES.get(k.strip(), k.strip()) for k in only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SCENARIOS]
     if unknown:
-        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; choose from 0-8")
+        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; choose from 0-9")
     return [k for k in SCENARIOS if k in keys]
 
 

@@ -14,11 +14,29 @@ from typing import Any
 
 import psutil
 
-JOB_NAMES = ("ttft", "stream", "saved", "concurrent", "storm", "fanout", "resume")
+JOB_NAMES = (
+    "ttft",
+    "stream",
+    "saved",
+    "concurrent",
+    "storm",
+    "fanout",
+    "resume",
+    "relay_across",
+    "resume_across",
+    "cancel_across",
+    "spread",
+)
 
 
 def _jobs() -> dict[str, Callable[..., Awaitable[dict[str, Any]]]]:
     from bench.jobs import job_concurrent, job_saved, job_stream, job_ttft
+    from bench.jobs_cluster import (
+        job_cancel_across,
+        job_relay_across,
+        job_resume_across,
+        job_spread,
+    )
     from bench.jobs_runs import job_fanout, job_resume, job_storm
 
     return {
@@ -29,6 +47,10 @@ def _jobs() -> dict[str, Callable[..., Awaitable[dict[str, Any]]]]:
         "storm": job_storm,
         "fanout": job_fanout,
         "resume": job_resume,
+        "relay_across": job_relay_across,
+        "resume_across": job_resume_across,
+        "cancel_across": job_cancel_across,
+        "spread": job_spread,
     }
 
 

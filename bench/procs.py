@@ -91,6 +91,20 @@ class Service:
             self.popen.wait(5)
 
 
+def stop_all(services: list[Service], timeout: float = 10.0) -> None:
+    """SIGTERM to every service at once, then wait for each (SIGKILL after `timeout`)."""
+    running = [service for service in services if service.alive()]
+    for service in running:
+        service.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for service in running:
+        try:
+            service.popen.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            service.popen.kill()
+            service.popen.wait(5)
+
+
 def _spawn(
     name: str, cmd: list[str], *, cwd: Path, env: dict[str, str], log_dir: Path, port: int
 ) -> Service:
@@ -102,13 +116,14 @@ def _spawn(
     return Service(name, popen, port, log_path)
 
 
-def _wait_ready(service: Service, check: str | None = None) -> None:
-    """Until the port accepts connections (and the log shows `check`, if given)."""
+def _wait_ready(service: Service, check: str | None = None, *, count: int = 1) -> None:
+    """Until the port accepts connections (and the log shows `check` `count` times, if
+    given)."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if not service.alive():
             raise RuntimeError(f"{service.name} exited:\n{service.log_tail()}")
-        if check is None or check in service.log_path.read_text(errors="replace"):
+        if check is None or service.log_path.read_text(errors="replace").count(check) >= count:
             try:
                 with socket.create_connection(("127.0.0.1", service.port), timeout=1):
                     return
@@ -154,30 +169,53 @@ def wait_upstream(service: Service) -> None:
 
 
 def start_gateway(
-    log_dir: Path, upstream: Service, settings: dict[str, str], *, wait: bool = True
+    log_dir: Path,
+    upstream: Service,
+    settings: dict[str, str],
+    *,
+    wait: bool = True,
+    name: str = "gateway",
+    workers: int = 1,
 ) -> Service:
     """martlet_molt's own CLI (`python -m martlet_molt serve`), default config except
-    `settings`: SQLite in `log_dir`, the fake upstream as provider. The upstream need not be
-    ready yet: the gateway calls it only when a chat starts."""
+    `settings` (its environment): SQLite in `log_dir` (`<name>.db`), the fake upstream as
+    provider. The upstream need not be ready yet: the gateway calls it only when a chat
+    starts. `workers` > 1 runs `serve --workers N` (then `settings` must name Redis and
+    PostgreSQL)."""
     port = free_port()
+    database = "martlet.db" if name == "gateway" else f"{name}.db"
     env = _clean_env(
         {
             "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream.port}/v1",
             "OPENAI_API_KEY": "bench",
-            "MARTLET_DATABASE_URL": f"sqlite:///{log_dir / 'martlet.db'}",
+            "MARTLET_DATABASE_URL": f"sqlite:///{log_dir / database}",
             **settings,
         }
     )
     cmd = [PYTHON, "-m", "martlet_molt", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    service = _spawn("gateway", cmd, cwd=log_dir, env=env, log_dir=log_dir, port=port)
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
+    service = _spawn(name, cmd, cwd=log_dir, env=env, log_dir=log_dir, port=port)
     if wait:
-        wait_gateway(service)
+        wait_gateway(service, workers=workers)
     return service
 
 
-def wait_gateway(service: Service) -> None:
-    """Until the gateway has started its app and accepts connections."""
-    _wait_ready(service, "Application startup complete")
+def wait_gateway(service: Service, *, workers: int = 1) -> None:
+    """Until the gateway (each of its `workers`) has started its app and accepts
+    connections."""
+    _wait_ready(service, "Application startup complete", count=workers)
+
+
+def start_redis(log_dir: Path) -> Service:
+    """A Redis server of the scenario's own (no persistence), so its counters and memory
+    reflect only the gateways under test."""
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    cmd += ["--appendonly", "no", "--dir", str(log_dir)]
+    service = _spawn("redis", cmd, cwd=log_dir, env=_clean_env({}), log_dir=log_dir, port=port)
+    _wait_ready(service, "Ready to accept connections")
+    return service
 
 
 def start_passthrough(log_dir: Path, upstream: Service) -> Service:

@@ -303,6 +303,7 @@ class FakeUpstream:
         self._total = 0
         self._completed = 0
         self._disconnects = 0
+        self._last_disconnect_at: float | None = None  # monotonic, for cancel latency
         self._drops = 0
         self._in_flight = 0
         self._async_waiters: list[_AsyncWaiter] = []
@@ -499,6 +500,7 @@ class FakeUpstream:
                 self._completed += 1
             if changes.get("client_disconnected"):
                 self._disconnects += 1
+                self._last_disconnect_at = time.monotonic()
             if changes.get("dropped"):
                 self._drops += 1
             if changes.get("finished"):
@@ -609,6 +611,7 @@ class FakeUpstream:
                 "requests": self._total,
                 "completed": self._completed,
                 "client_disconnected": self._disconnects,
+                "last_disconnect_at": self._last_disconnect_at,
                 "dropped": self._drops,
                 "in_flight": self._in_flight,
             }
