@@ -47,7 +47,7 @@ from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.errors import BrokerUnavailable
 
 COMMAND_CONNECTIONS = 4
-FOLLOWERS = 2
+FOLLOWERS = 1
 BLOCK_SECONDS = 5.0
 FLUSH_INTERVAL_SECONDS = 0.002
 CONNECT_TIMEOUT_SECONDS = 2.0

@@ -74,6 +74,9 @@ _SAVE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
 REMOTE_CATCH_UP_SECONDS = 1.0
 """How long a resume on another instance waits for the owner's mirror to reach its cursor."""
 
+MIRROR_POLL_SECONDS = 0.01
+"""How often a reader of a run started elsewhere a moment ago looks for its mirror."""
+
 CANCEL_POLL_SECONDS = 0.1
 """How often a cancel of a run owned elsewhere checks the store, when its log cannot be read."""
 
@@ -586,6 +589,10 @@ class RunManager:
             return remote
         record = await self._get_record(run_id, principal)
         if self.shared and not record.status.is_final:
+            # Started a moment ago: its owner's first flush has not reached Redis yet.
+            remote = await self._await_mirror(run_id, principal, after)
+            if remote is not None:
+                return remote
             raise BrokerUnavailable(
                 f"run {run_id} is live on another instance whose stream log cannot be read now"
             )
@@ -622,6 +629,17 @@ class RunManager:
                 elif remote is not None and len(remote.full_content) >= len(view.content):
                     view = replace(view, content=remote.full_content, status=remote.status)
         return view
+
+    async def _await_mirror(self, run_id: str, principal: str, after: int) -> StreamLog | None:
+        """The mirror of a run that has just started elsewhere, once it appears (bounded)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(REMOTE_CATCH_UP_SECONDS):
+                while True:
+                    await asyncio.sleep(MIRROR_POLL_SECONDS)
+                    remote = await self._follow_elsewhere(run_id, principal, after)
+                    if remote is not None:
+                        return remote
+        return None
 
     async def _until_final(self, run_id: str, principal: str) -> None:
         """Wait (bounded by a lease and a grace period) for another instance's run to end."""

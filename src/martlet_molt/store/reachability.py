@@ -9,8 +9,17 @@ from __future__ import annotations
 import socket
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-_UNREACHABLE = (OperationalError, InterfaceError, ConnectionError, TimeoutError, socket.gaierror)
+# A pool that hands out no connection in time is as good as an unreachable database.
+_UNREACHABLE = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeout,
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+)
 
 
 def _causes(exc: BaseException) -> list[BaseException]:

@@ -428,10 +428,12 @@ class SqlStore:
         which it holds, and which of those someone asked to cancel."""
         now = _now()
         held = list(leases)
-        return await self._write(
+        return await self._runner().run(
             lambda conn: renew(
                 conn, self._clock, owner=owner, leases=held, lease_seconds=lease_seconds, now=now
-            )
+            ),
+            write=True,
+            control=True,
         )
 
     async def request_cancel(self, run_id: str) -> bool:

@@ -43,8 +43,9 @@ WAL_SWITCH_ATTEMPTS = 50
 class Transactions(Protocol):
     """Runs one function as one transaction, from async code."""
 
-    async def run(self, work: Work[T], *, write: bool) -> T:
-        """Run `work` in a transaction: committed if it returns, rolled back if it raises."""
+    async def run(self, work: Work[T], *, write: bool, control: bool = False) -> T:
+        """Run `work` in a transaction: committed if it returns, rolled back if it raises.
+        `control` work (lease renewals) must not queue behind a burst of ordinary work."""
         ...
 
     async def close(self) -> None:
@@ -114,8 +115,9 @@ class SqliteThreads:
             else ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="martlet-sqlite-reader")
         )
 
-    async def run(self, work: Work[T], *, write: bool) -> T:
+    async def run(self, work: Work[T], *, write: bool, control: bool = False) -> T:
         """Run `work` as one transaction on the writer thread, or on a reader thread."""
+        del control  # one process: its writes queue on one thread whatever they are
         loop = asyncio.get_running_loop()
         executor = self._writer if write else self._readers
         return await loop.run_in_executor(executor, self._transaction, work, write)
@@ -142,16 +144,23 @@ class AsyncEngineTransactions:
         from sqlalchemy.ext.asyncio import create_async_engine
 
         self._engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
+        # A connection of its own for leases: a renewal that waited for the pool behind a burst
+        # of saves could come late enough for another instance to take live runs over.
+        self._control: AsyncEngine = create_async_engine(
+            url, pool_pre_ping=True, pool_size=1, max_overflow=1
+        )
 
-    async def run(self, work: Work[T], *, write: bool) -> T:
+    async def run(self, work: Work[T], *, write: bool, control: bool = False) -> T:
         """Run `work` as one transaction; each statement is awaited on the event loop."""
         del write  # PostgreSQL needs no write queue
-        async with self._engine.connect() as conn, conn.begin():
+        engine = self._control if control else self._engine
+        async with engine.connect() as conn, conn.begin():
             return await conn.run_sync(work)
 
     async def close(self) -> None:
         """Release every pooled connection."""
         await self._engine.dispose()
+        await self._control.dispose()
 
 
 def open_transactions(url: URL) -> Transactions:
