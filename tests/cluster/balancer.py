@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests.cluster.services import unavailable
+from tests.databases import unavailable
 from tests.process_gateway import free_port
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
