@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import NoReturn
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 from sqlalchemy import text
@@ -79,14 +80,24 @@ async def postgres_database() -> AsyncIterator[str]:
         await _drop(url)
 
 
+T = TypeVar("T")
+
+
+def _run_alone(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to its end on a thread of its own: the caller's thread may already
+    run an event loop (Playwright's sync API does)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
 @contextlib.contextmanager
 def postgres_database_sync() -> Iterator[str]:
-    """`postgres_database` for code outside an event loop."""
-    url = asyncio.run(_create())
+    """`postgres_database` for synchronous fixtures."""
+    url = _run_alone(_create)
     try:
         yield url
     finally:
-        asyncio.run(_drop(url))
+        _run_alone(lambda: _drop(url))
 
 
 async def fetch_rows(url: str, sql: str, *parameters: object) -> list[tuple[object, ...]]:
