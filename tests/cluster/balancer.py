@@ -8,21 +8,50 @@ logs and temporary files in the test's directory, never the system's service.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tests.cluster.services import unavailable
+import httpx
+
+from tests.databases import unavailable
 from tests.process_gateway import free_port
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 START_TIMEOUT = 10.0
 """Seconds nginx may take to accept connections."""
 STOP_TIMEOUT = 10.0
+LOG_TIMEOUT = 5.0
+"""Seconds nginx may take to write a finished request's access log line."""
+MAX_STEERING_PROBES = 8
+
+_ACCESS_LINE = re.compile(
+    r'^\S+ \[[^\]]*\] "(?P<method>\S+) (?P<target>\S+) [^"]*" (?P<status>\d{3}) \d+ '
+    r"upstream=(?P<upstream>.*) (?P<upstream_status>\S+(?:, \S+)*) \S+s$"
+)
+
+
+@dataclass(frozen=True)
+class AccessEntry:
+    """One finished request in nginx's access log (deploy/nginx.conf's `martlet` format)."""
+
+    method: str
+    target: str
+    status: int
+    upstreams: tuple[str, ...]
+    """Every instance nginx tried, in order (`host:port`); the last one answered."""
+
+    @property
+    def upstream(self) -> str:
+        """The instance that answered."""
+        return self.upstreams[-1]
 
 
 def find_nginx() -> str:
@@ -70,6 +99,50 @@ class Balancer:
         with contextlib.suppress(OSError):
             return (self.directory / "logs" / "error.log").read_text(errors="replace")
         return ""
+
+    def access_log(self) -> list[AccessEntry]:
+        """Every request nginx has finished so far (a stream is logged when it ends)."""
+        try:
+            lines = (self.directory / "logs" / "access.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        entries: list[AccessEntry] = []
+        for line in lines.splitlines():
+            match = _ACCESS_LINE.match(line)
+            assert match is not None, f"unexpected access log line: {line!r}"
+            entries.append(
+                AccessEntry(
+                    method=match["method"],
+                    target=match["target"],
+                    status=int(match["status"]),
+                    upstreams=tuple(match["upstream"].split(", ")),
+                )
+            )
+        return entries
+
+    def served(self, target: str, count: int = 1) -> list[AccessEntry]:
+        """The access log entries of the `count` requests for exactly `target`, in the order
+        they finished (bounded wait: nginx writes a line just after its response ends)."""
+        deadline = time.monotonic() + LOG_TIMEOUT
+        while True:
+            found = [entry for entry in self.access_log() if entry.target == target]
+            if len(found) >= count:
+                assert len(found) == count, found
+                return found
+            assert time.monotonic() < deadline, f"{len(found)} access log lines for {target}"
+            time.sleep(0.01)
+
+    def steer_next_to(self, server: str) -> None:
+        """Make round robin send nginx's next request to `server` (`host:port`), with two
+        instances: probe `/healthz` until a probe was answered by the other one. Nothing else
+        may send requests through nginx meanwhile."""
+        with httpx.Client(base_url=self.url, timeout=STOP_TIMEOUT) as client:
+            for _ in range(MAX_STEERING_PROBES):
+                target = f"/healthz?probe={uuid.uuid4().hex}"
+                assert client.get(target).status_code == 200
+                if self.served(target)[0].upstream != server:
+                    return
+        raise AssertionError(f"nginx sent {MAX_STEERING_PROBES} probes in a row to {server}")
 
     def start(self) -> Balancer:
         """Check the configuration, start nginx, and return once it accepts connections."""

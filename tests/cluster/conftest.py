@@ -11,7 +11,8 @@ import pytest
 
 from martlet_molt.config import Settings
 from tests.cluster.instances import Cluster, ClusterFactory, ClusterSettings
-from tests.cluster.services import postgres_database, redis_prefix
+from tests.cluster.services import redis_prefix
+from tests.databases import postgres_database_sync
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 
@@ -21,7 +22,7 @@ StartCluster = Callable[..., Cluster]
 @pytest.fixture
 def cluster_settings() -> Iterator[ClusterSettings]:
     """A new database and a Redis prefix only this test uses; both removed afterwards."""
-    with postgres_database() as database_url, redis_prefix() as prefix:
+    with postgres_database_sync() as database_url, redis_prefix() as prefix:
         yield ClusterSettings(database_url=database_url, redis_prefix=prefix)
 
 

@@ -228,3 +228,20 @@ async def test_a_run_live_elsewhere_reads_fresh_and_its_session_deletes_from_any
             assert (await client.get(f"/sessions/{session_id}")).status_code == 404
             assert (await client.get(f"/runs/{run_id}")).status_code == 404
             assert (await client.get(f"/runs/{run_id}/stream")).status_code == 404
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_finished_run_reads_the_same_on_every_instance(
+    make_instance: InstanceFactory, upstream: FakeUpstream, model: str
+) -> None:
+    script(upstream, model, tokens=TOKENS[:3])
+    a, b = make_instance(), make_instance()
+    async with client_of(a.url) as on_a, client_of(b.url) as on_b:
+        done = await on_a.post("/chat", json={"message": "once"})
+        assert done.status_code == 200, done.text
+        run_id = done.json()["run_id"]
+        on_owner = (await on_a.get(f"/runs/{run_id}")).json()
+        elsewhere = (await on_b.get(f"/runs/{run_id}")).json()
+        assert on_owner["status"] == elsewhere["status"] == "completed"
+        assert on_owner == elsewhere

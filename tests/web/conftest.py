@@ -15,6 +15,12 @@ from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
+from tests.cluster.conftest import (  # noqa: F401 (the cluster fixtures, for pages behind nginx)
+    cluster_settings,
+    clusters,
+    start_cluster,
+)
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright
 
