@@ -64,7 +64,7 @@ def find_nginx() -> str:
 
 def render_config(*, listen: str, servers: Sequence[str]) -> str:
     """The repository's nginx.conf for this listen address and these `host:port` instances."""
-    upstream = " ".join(f"server {server};" for server in servers)
+    upstream = " ".join(f"server {server} max_fails=0;" for server in servers)
     return TEMPLATE.read_text().replace("@LISTEN@", listen).replace("@UPSTREAM_SERVERS@", upstream)
 
 

@@ -18,6 +18,8 @@ const TITLE_STORAGE = 'martlet.titles';
 const FINAL = new Set(['completed', 'failed', 'cancelled', 'interrupted']);
 const RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000];
 const POST_RETRIES = 3;
+// A balancer's or a stopping gateway's answers: the same request may succeed elsewhere.
+const RETRYABLE_STATUSES = new Set([502, 503, 504]);
 const LONG_REPLY_CHARS = 30000;
 
 const markdown = new Marked({ gfm: true, breaks: false, async: false });
@@ -739,7 +741,8 @@ async function send(text) {
         break;
       } catch (err) {
         // Retrying with the same client_request_id attaches to the run a lost answer started.
-        if (err.status === 0 && attempt < POST_RETRIES) {
+        const retryable = err.status === 0 || RETRYABLE_STATUSES.has(err.status);
+        if (retryable && attempt < POST_RETRIES) {
           setStatus('Cannot reach the gateway, retrying…', 'error');
           await sleep(500 * 2 ** attempt);
           continue;

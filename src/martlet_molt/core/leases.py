@@ -102,8 +102,9 @@ class LeaseKeeper:
             logger.warning("renewing {} leases failed: {!r}", len(leases), exc)
             return
         self._store_answered(True)
+        still_held = {lease.run_id for lease in self._held()}  # runs saved meanwhile are not lost
         for lease in leases:
-            if lease.run_id not in renewed.held:
+            if lease.run_id not in renewed.held and lease.run_id in still_held:
                 logger.warning("run {} was taken over by another instance", lease.run_id)
                 self._on_lost(lease.run_id)
         for run_id in renewed.cancel_requested:

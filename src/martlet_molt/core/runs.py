@@ -25,7 +25,7 @@ import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -105,7 +105,8 @@ class RunView:
             log.full_content,
             log.error,
             log.created_at,
-            log.updated_at,
+            # A saved run's row was last updated when it ended, which is what it reads as.
+            log.completed_at if log.closed and log.completed_at else log.updated_at,
             log.completed_at,
             log.usage,
         )
@@ -376,6 +377,8 @@ class RunManager:
                 logger.warning("run {} could not be saved to start: {!r}", run_id, exc)
                 raise StoreUnavailable("the store cannot be reached; try again shortly") from exc
             raise
+        # The log and the store tell the same times, whichever of them a reader asks.
+        log.created_at = log.updated_at = record.created_at
         if self.shared:
             self._fences[run_id] = record.fence
             self.broker.publish(log, owner=self.owner)
@@ -457,14 +460,17 @@ class RunManager:
             logger.opt(exception=exc).error("run {} failed", log.run_id)
         # From here on the run is saving: a cancel now must wait for the save, not cut it.
         self._cancelling.add(log.run_id)
+        ended = datetime.now(UTC)
         if agent.usage:
             log.set_usage(agent.usage)
         if log.run_id in self._lost:
             # Another instance saved the outcome already; this copy only tells its readers.
             status, error = RunStatus.INTERRUPTED, TAKEN_OVER_ERROR
         else:
-            status, error = await self._save(log, agent, status, error)
+            status, error = await self._save(log, agent, status, error, ended)
+            self._fences.pop(log.run_id, None)  # saved: its lease is no longer renewed
         self._end(log, status, error)
+        log.completed_at = ended
         if log.run_id in self._lost:
             # What this copy streamed after the takeover was never saved: from now on the run
             # is read as the instance that took it over saved it.
@@ -481,7 +487,12 @@ class RunManager:
         )
 
     async def _save(
-        self, log: StreamBuffer, agent: Agent, status: RunStatus, error: str | None
+        self,
+        log: StreamBuffer,
+        agent: Agent,
+        status: RunStatus,
+        error: str | None,
+        ended: datetime,
     ) -> tuple[RunStatus, str | None]:
         """Save the run's outcome, retrying for a while if the database cannot be reached (the
         text is held in the log meanwhile); returns the status readers are told."""
@@ -497,6 +508,7 @@ class RunManager:
                     events=log.replay_index(),
                     messages=agent.messages_to_save(log, status),
                     fence=self._fences.get(log.run_id),
+                    ended_at=ended,
                 )
                 return status, error
             except LeaseLost:

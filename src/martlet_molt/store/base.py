@@ -214,10 +214,12 @@ class Store(Protocol):
         events: list[Any],
         messages: list[NewMessage],
         fence: int | None = None,
+        ended_at: datetime | None = None,
     ) -> None:
         """Save a run's final state (its whole reply and replay index) and its new messages
         (tool turns, the reply) atomically. With a `fence`, only an unfinished run carrying
-        that token is saved; otherwise `LeaseLost` is raised and nothing changes."""
+        that token is saved; otherwise `LeaseLost` is raised and nothing changes. `ended_at`
+        (default: now) is when the run ended, as its live log says."""
         ...
 
     async def unfinished_runs(self) -> list[RunRecord]:

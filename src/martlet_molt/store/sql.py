@@ -386,6 +386,7 @@ class SqlStore:
         events: list[Any],
         messages: list[NewMessage],
         fence: int | None = None,
+        ended_at: datetime | None = None,
     ) -> None:
         """Save a run's final state and its new messages (tool turns, the reply) atomically.
         The final text replaces the checkpoints: inline in the row, or as parts when long.
@@ -396,7 +397,7 @@ class SqlStore:
         self._check_text(content, error, run_id)
         for m in messages:
             self._check_text(m.role, m.content, m.run_id, m.tool_call_id, m.name)
-        now = _now()
+        now = ended_at or _now()
         statement = FINISH_RUN if fence is None else FINISH_FENCED_RUN
 
         def work(conn: Connection) -> None:
