@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
 from loguru import logger
 
@@ -35,8 +33,11 @@ from martlet_molt.broker.base import Broker
 from martlet_molt.broker.memory import MemoryBroker
 from martlet_molt.config import Settings
 from martlet_molt.core.agent import Agent
+from martlet_molt.core.elsewhere import Elsewhere
 from martlet_molt.core.leases import LeaseKeeper
 from martlet_molt.core.memory import TRIM_AFTER_EVICTED, release_memory
+from martlet_molt.core.run_view import RunView
+from martlet_molt.core.saving import TAKEN_OVER_ERROR, Outcome, save_outcome
 from martlet_molt.core.session import new_session_id, to_chat_messages
 from martlet_molt.core.status import RunStatus
 from martlet_molt.core.stream_buffer import StreamBuffer, StreamBufferManager, new_run_id
@@ -44,8 +45,6 @@ from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.core.tools import ToolRegistry
 from martlet_molt.errors import (
     BrokerUnavailable,
-    LeaseLost,
-    LogTrimmed,
     MartletError,
     ProviderError,
     ProviderNotConfigured,
@@ -65,66 +64,6 @@ PROVIDER_HINT = (
     "or OPENAI_BASE_URL for a local OpenAI-compatible server, then restart; or unset "
     "MARTLET_PROVIDER to answer with the built-in local model"
 )
-
-TAKEN_OVER_ERROR = "interrupted: another instance took the run over"
-"""Why an owner that lost its lease ends its own copy of the log."""
-
-_SAVE_RETRY_DELAYS = (0.1, 0.25, 0.5, 1.0, 2.0)
-
-REMOTE_CATCH_UP_SECONDS = 1.0
-"""How long a resume on another instance waits for the owner's mirror to reach its cursor."""
-
-MIRROR_POLL_SECONDS = 0.01
-"""How often a reader of a run started elsewhere a moment ago looks for its mirror."""
-
-CANCEL_POLL_SECONDS = 0.1
-"""How often a cancel of a run owned elsewhere checks the store, when its log cannot be read."""
-
-
-@dataclass(frozen=True, slots=True)
-class RunView:
-    """A run as clients see it, whether it is live in memory or only in the store."""
-
-    run_id: str
-    session_id: str
-    status: RunStatus
-    content: str
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
-    usage: dict[str, Any] | None
-
-    @classmethod
-    def of_log(cls, log: StreamBuffer) -> RunView:
-        """The view of a live (or recently finished) run."""
-        return cls(
-            log.run_id,
-            log.session_id,
-            log.status,
-            log.full_content,
-            log.error,
-            log.created_at,
-            # A saved run's row was last updated when it ended, which is what it reads as.
-            log.completed_at if log.closed and log.completed_at else log.updated_at,
-            log.completed_at,
-            log.usage,
-        )
-
-    @classmethod
-    def of_record(cls, record: RunRecord) -> RunView:
-        """The view of a run known only to the store."""
-        return cls(
-            record.run_id,
-            record.session_id,
-            record.status,
-            record.content,
-            record.error,
-            record.created_at,
-            record.updated_at,
-            record.completed_at,
-            record.usage,
-        )
 
 
 class RunManager:
@@ -169,7 +108,9 @@ class RunManager:
         self._fences: dict[str, int] = {}
         self._lost: set[str] = set()
         self.leases: LeaseKeeper | None = None
+        self.elsewhere: Elsewhere | None = None
         if self.shared:
+            self.elsewhere = Elsewhere(broker=self.broker, store=store, record_of=self._get_record)
             self.leases = LeaseKeeper(
                 store=store,
                 broker=self.broker,
@@ -467,8 +408,19 @@ class RunManager:
             # Another instance saved the outcome already; this copy only tells its readers.
             status, error = RunStatus.INTERRUPTED, TAKEN_OVER_ERROR
         else:
-            status, error = await self._save(log, agent, status, error, ended)
-            self._fences.pop(log.run_id, None)  # saved: its lease is no longer renewed
+            outcome = await save_outcome(
+                self.store,
+                log,
+                agent,
+                Outcome(status, error),
+                fence=self._fences.get(log.run_id),
+                ended=ended,
+                retry_seconds=self.settings.save_retry_seconds,
+            )
+            self._fences.pop(log.run_id, None)  # saved: its lease is renewed no more
+            status, error = outcome.status, outcome.error
+            if outcome.taken_over:
+                self._lost.add(log.run_id)
         self._end(log, status, error)
         log.completed_at = ended
         if log.run_id in self._lost:
@@ -485,47 +437,6 @@ class RunManager:
             "-" if first is None else f"{(first - log.created_at).total_seconds():.3f}s",
             time.monotonic() - started,
         )
-
-    async def _save(
-        self,
-        log: StreamBuffer,
-        agent: Agent,
-        status: RunStatus,
-        error: str | None,
-        ended: datetime,
-    ) -> tuple[RunStatus, str | None]:
-        """Save the run's outcome, retrying for a while if the database cannot be reached (the
-        text is held in the log meanwhile); returns the status readers are told."""
-        deadline = time.monotonic() + self.settings.save_retry_seconds
-        for attempt in itertools.count():
-            try:
-                await self.store.finish_run(
-                    log.run_id,
-                    status=status,
-                    content=log.text_from(),
-                    error=error,
-                    usage=log.usage,
-                    events=log.replay_index(),
-                    messages=agent.messages_to_save(log, status),
-                    fence=self._fences.get(log.run_id),
-                    ended_at=ended,
-                )
-                return status, error
-            except LeaseLost:
-                logger.warning("run {} was taken over before its save", log.run_id)
-                self._lost.add(log.run_id)
-                return RunStatus.INTERRUPTED, TAKEN_OVER_ERROR
-            except MartletError as exc:
-                logger.opt(exception=exc).error("run {} could not be saved", log.run_id)
-                return RunStatus.FAILED, f"the reply could not be saved: {exc.message}"
-            except Exception as exc:
-                delay = _SAVE_RETRY_DELAYS[min(attempt, len(_SAVE_RETRY_DELAYS) - 1)]
-                if not is_unreachable(exc) or time.monotonic() + delay > deadline:
-                    logger.opt(exception=exc).error("run {} could not be saved", log.run_id)
-                    return RunStatus.FAILED, f"the reply could not be saved: {exc}"
-                logger.warning("saving run {} failed, retrying: {!r}", log.run_id, exc)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
     def _count_end(self, log: StreamBuffer, status: RunStatus) -> None:
         """Metrics of an ended run, once (never per chunk): both times from its creation."""
@@ -564,30 +475,6 @@ class RunManager:
         active = self._active_by_session
         return {s: active[s] for s in session_ids if s in active}
 
-    async def _follow_elsewhere(
-        self, run_id: str, principal: str, after: int = 0
-    ) -> StreamLog | None:
-        """A run's log mirrored by the instance that owns it, if the broker still holds it
-        from `after` on."""
-        if not self.shared:
-            return None
-        remote = await self.broker.follow(run_id)
-        if remote is None:
-            return None
-        if remote.principal != principal:
-            raise RunNotFound(f"run {run_id} not found")
-        try:
-            remote.events_after(after, limit=1)
-        except LogTrimmed:
-            return None
-        if after > remote.last_seq and not remote.closed:
-            # A reader that read the owner directly may be a flush ahead of the mirror.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(REMOTE_CATCH_UP_SECONDS):
-                    while remote.last_seq < after and not remote.closed:
-                        await remote.wait(remote.last_seq)
-        return remote
-
     async def get_log(self, run_id: str, principal: str, after: int = 0) -> StreamLog:
         """The run's log, to be read from `after`: live from memory (this instance's, or the
         owner's through the broker), or rebuilt from the store after eviction."""
@@ -596,13 +483,14 @@ class RunManager:
             if log.principal != principal:
                 raise RunNotFound(f"run {run_id} not found")
             return log
-        remote = await self._follow_elsewhere(run_id, principal, after)
-        if remote is not None:
-            return remote
+        if self.elsewhere is not None:
+            remote = await self.elsewhere.follow(run_id, principal, after)
+            if remote is not None:
+                return remote
         record = await self._get_record(run_id, principal)
-        if self.shared and not record.status.is_final:
+        if self.elsewhere is not None and not record.status.is_final:
             # Started a moment ago: its owner's first flush has not reached Redis yet.
-            remote = await self._await_mirror(run_id, principal, after)
+            remote = await self.elsewhere.follow_when_mirrored(run_id, principal, after)
             if remote is not None:
                 return remote
             raise BrokerUnavailable(
@@ -632,41 +520,15 @@ class RunManager:
         if log is not None and log.principal == principal:
             return RunView.of_log(log)
         view = RunView.of_record(await self._get_record(run_id, principal))
-        if self.shared and not view.status.is_final:
+        if self.elsewhere is not None and not view.status.is_final:
             # Live on another instance: its mirror is fresher than the last checkpoint.
             with contextlib.suppress(MartletError):
-                remote = await self._follow_elsewhere(run_id, principal)
+                remote = await self.elsewhere.follow(run_id, principal)
                 if remote is not None and remote.status.is_final:
                     view = RunView.of_record(await self._get_record(run_id, principal))
                 elif remote is not None and len(remote.full_content) >= len(view.content):
                     view = replace(view, content=remote.full_content, status=remote.status)
         return view
-
-    async def _await_mirror(self, run_id: str, principal: str, after: int) -> StreamLog | None:
-        """The mirror of a run that has just started elsewhere, once it appears (bounded)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(REMOTE_CATCH_UP_SECONDS):
-                while True:
-                    await asyncio.sleep(MIRROR_POLL_SECONDS)
-                    remote = await self._follow_elsewhere(run_id, principal, after)
-                    if remote is not None:
-                        return remote
-        return None
-
-    async def _until_final(self, run_id: str, principal: str) -> None:
-        """Wait (bounded by a lease and a grace period) for another instance's run to end."""
-        deadline = self.settings.run_lease_seconds + self.settings.shutdown_grace_seconds
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(deadline):
-                remote = await self._follow_elsewhere(run_id, principal)
-                if remote is not None:
-                    while not remote.closed:
-                        await remote.wait(remote.last_seq)
-                    return
-                while True:
-                    if (await self._get_record(run_id, principal)).status.is_final:
-                        return
-                    await asyncio.sleep(CANCEL_POLL_SECONDS)
 
     def _cancel_task(self, run_id: str) -> asyncio.Task[None] | None:
         task = self._tasks.get(run_id)
@@ -684,14 +546,13 @@ class RunManager:
         if task is not None:
             logger.info("run {} cancel requested", run_id)
             await asyncio.wait({task})
-        elif self.shared and not view.status.is_final:
-            # Owned elsewhere: the owner hears it through the broker at once, or through the
-            # database at its next lease renewal if the message is lost.
+        elif self.elsewhere is not None and not view.status.is_final:
             logger.info("run {} cancel requested from its owner", run_id)
-            await self.store.request_cancel(run_id)
-            with contextlib.suppress(Exception):
-                await self.broker.request_cancel(run_id)
-            await self._until_final(run_id, principal)
+            await self.elsewhere.cancel(
+                run_id,
+                principal,
+                wait_seconds=self.settings.run_lease_seconds + self.settings.shutdown_grace_seconds,
+            )
         return await self.get_run(run_id, principal)
 
     async def delete_session(self, session_id: str, principal: str) -> None:

@@ -12,7 +12,8 @@ from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from martlet_molt.config import Settings
-from martlet_molt.core.runs import RunManager, RunView
+from martlet_molt.core.run_view import RunView
+from martlet_molt.core.runs import RunManager
 from martlet_molt.core.session import SESSION_ID_PATTERN
 from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.errors import InvalidRequest, ServiceUnavailable, SessionNotFound

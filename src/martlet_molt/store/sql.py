@@ -280,9 +280,7 @@ class SqlStore:
         def work(conn: Connection) -> datetime | None:
             if conn.execute(self._upsert_session, session).scalar_one() != principal:
                 raise SessionNotFound(f"session {session_id} not found")  # rolls the touch back
-            active = conn.execute(_SELECT_ACTIVE_RUN, {"session_id": session_id}).first()
-            if active is not None:
-                raise _refusal(session_id, run_id, client_request_id, active)
+            # A session's unfinished run is refused by `ux_runs_session_active`: no read first.
             insert_message(conn, message_values(session_id, question, now), question.content)
             inserted = conn.execute(insert_run, run)
             return inserted.scalar() if inserted.returns_rows else run.get("lease_expires_at")
@@ -290,8 +288,8 @@ class SqlStore:
         try:
             lease_expires_at = await self._write(work)
         except IntegrityError as exc:
-            # Another instance started a run in this session meanwhile (PostgreSQL), or the
-            # run or the request already exists.
+            # The session has an unfinished run (here or on another instance), or the run or
+            # the request already exists: the transaction rolled back, the message with it.
             active = await self._read(
                 lambda conn: conn.execute(_SELECT_ACTIVE_RUN, {"session_id": session_id}).first()
             )
