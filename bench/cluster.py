@@ -26,7 +26,7 @@ import asyncpg
 import redis
 
 from bench.client import LoadClient
-from bench.harness import Context, Trial
+from bench.harness import Context, Trial, wind_up
 from bench.procs import (
     Monitor,
     Service,
@@ -232,14 +232,7 @@ class ClusterStack:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.profiler is not None:
-            self.ctx.profiles.setdefault(self.name, []).append(self.profiler.stop())
-            if self.ctx.keep_dir is not None and self.profiler.output.exists():
-                self.ctx.keep_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy(self.profiler.output, self.ctx.keep_dir / f"{self.name}.collapsed")
-        if exc is not None:
-            for service in self.services.values():
-                print(f"--- {service.name} log tail ---\n{service.log_tail()}")
+        wind_up(self.ctx, self.name, self.profiler, self.services, failed=exc is not None)
         self._stop()
 
     def _stop(self) -> None:

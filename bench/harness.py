@@ -114,6 +114,26 @@ class Trial:
     timeline: list[tuple[float, int]]
 
 
+def wind_up(
+    ctx: Context,
+    name: str,
+    profiler: Profiler | None,
+    services: dict[str, Service],
+    *,
+    failed: bool,
+) -> None:
+    """What every stack does before it stops its processes: keep the profile it took, and show
+    the log tails of a stack whose scenario failed."""
+    if profiler is not None:
+        ctx.profiles.setdefault(name, []).append(profiler.stop())
+        if ctx.keep_dir is not None and profiler.output.exists():
+            ctx.keep_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(profiler.output, ctx.keep_dir / f"{name}.collapsed")
+    if failed:
+        for service in services.values():
+            print(f"--- {service.name} log tail ---\n{service.log_tail()}")
+
+
 class Stack:
     """A scenario's processes: fake upstream, gateway, optionally the pass-through proxy, and a
     fresh load client; everything is stopped on exit, whatever happened."""
@@ -164,14 +184,7 @@ class Stack:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.profiler is not None:
-            self.ctx.profiles.setdefault(self.name, []).append(self.profiler.stop())
-            if self.ctx.keep_dir is not None and self.profiler.output.exists():
-                self.ctx.keep_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy(self.profiler.output, self.ctx.keep_dir / f"{self.name}.collapsed")
-        if exc is not None:
-            for service in self.services.values():
-                print(f"--- {service.name} log tail ---\n{service.log_tail()}")
+        wind_up(self.ctx, self.name, self.profiler, self.services, failed=exc is not None)
         self._stop()
 
     def _stop(self) -> None:
