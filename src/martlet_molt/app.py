@@ -11,10 +11,9 @@ import socket
 from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,16 +25,12 @@ from martlet_molt.core.runs import RunManager
 from martlet_molt.core.tools import build_registry
 from martlet_molt.errors import MartletError, SettingsRefused
 from martlet_molt.gateway.auth import ApiKeys
-from martlet_molt.gateway.limits import BodyLimit, error_response, http_error, invalid_request
+from martlet_molt.gateway.error_responses import http_error, invalid_request, martlet_error
+from martlet_molt.gateway.limits import BodyLimit
 from martlet_molt.gateway.routes import router
 from martlet_molt.providers.configured import open_provider
 from martlet_molt.store.base import create_store
 from martlet_molt.web import mount_web
-
-
-async def _martlet_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, MartletError)
-    return error_response(exc)
 
 
 def instance_name(settings: Settings) -> str:
@@ -110,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             expose_headers=["X-Run-Id", "X-Session-Id"],
         )
-    app.add_exception_handler(MartletError, _martlet_error)
+    app.add_exception_handler(MartletError, martlet_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.include_router(router)

@@ -1,0 +1,15 @@
+"""The HTTP API, one module per concern: chat (asking), runs (state, resume, cancel), sessions,
+health. Every handler is thin: it validates, asks the run manager or the store, and shapes the
+answer. Streaming handlers only read a run's log; they never own the run."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from martlet_molt.gateway.routes import chat, health, runs, sessions
+
+router = APIRouter()
+for module in (chat, runs, sessions, health):
+    router.include_router(module.router)
+
+__all__ = ["router"]
