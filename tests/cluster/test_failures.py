@@ -21,6 +21,7 @@ from tests.cluster.instances import ClusterFactory, ClusterSettings
 from tests.cluster.services import REDIS_URL
 from tests.conftest import script
 from tests.fake_upstream import FakeUpstream
+from tests.gateway.test_runs_api import records_of, wait_for_upstream_disconnect
 from tests.process_gateway import GatewayProcess
 from tests.sse_client import SseStream, read_sse
 from tests.web.cut_proxy import CutProxy
@@ -93,7 +94,7 @@ async def _upstream_asked(upstream: FakeUpstream, model: str) -> bool:
 
 
 def _upstream_requests(upstream: FakeUpstream, model: str) -> int:
-    return len([r for r in upstream.records if r.model == model])
+    return len(records_of(upstream, model))
 
 
 @pytest.mark.asyncio
@@ -149,10 +150,7 @@ async def test_a_paused_owner_that_comes_back_is_fenced(
         finally:
             owner.resume()
         assert owner.wait_for_log(f"run {run_id} was taken over", timeout=TIMEOUT)
-        assert await upstream.wait_until_async(
-            lambda u: any(r.model == model and r.client_disconnected for r in u.records),
-            timeout=TIMEOUT,
-        )
+        assert await wait_for_upstream_disconnect(upstream, model)
         # The owner carried on for a while after SIGCONT; none of it reached the store.
         await asyncio.sleep(LEASE_SECONDS)
         for client in (on_owner, on_other):

@@ -65,6 +65,7 @@ class LeaseKeeper:
         self._on_lost = on_lost
         self._on_cancel = on_cancel
         self._store_answering_since: float | None = time.monotonic()
+        self._renewed_at = time.monotonic()
         self._chores: list[asyncio.Task[None]] = []
 
     def open(self) -> None:
@@ -102,6 +103,7 @@ class LeaseKeeper:
             logger.warning("renewing {} leases failed: {!r}", len(leases), exc)
             return
         self._store_answered(True)
+        self._renewed_at = time.monotonic()
         still_held = {lease.run_id for lease in self._held()}  # runs saved meanwhile are not lost
         for lease in leases:
             if lease.run_id not in renewed.held and lease.run_id in still_held:
@@ -146,9 +148,10 @@ class LeaseKeeper:
                     self._store_answered(True)
                 continue
             try:
-                # Renewing first keeps this instance from taking over its own runs when their
-                # leases ran out during an outage it survived.
-                await self.renew()
+                # A renewal that is overdue (an outage this instance survived) goes first, so
+                # that it never takes over its own runs.
+                if time.monotonic() - self._renewed_at > self.renew_interval:
+                    await self.renew()
                 await self.take_over_expired()
             except Exception as exc:
                 self._store_answered(False)
