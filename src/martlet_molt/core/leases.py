@@ -107,7 +107,6 @@ class LeaseKeeper:
         still_held = {lease.run_id for lease in self._held()}  # runs saved meanwhile are not lost
         for lease in leases:
             if lease.run_id not in renewed.held and lease.run_id in still_held:
-                logger.warning("run {} was taken over by another instance", lease.run_id)
                 self._on_lost(lease.run_id)
         for run_id in renewed.cancel_requested:
             self._on_cancel(run_id)

@@ -147,6 +147,7 @@ class RunManager:
         """Another instance took this run over: stop it at once (closing the upstream
         request) and save nothing, since the outcome is already decided."""
         if run_id in self._tasks and run_id not in self._lost:
+            logger.warning("run {} was taken over by another instance", run_id)
             self._lost.add(run_id)
             self._cancel_task(run_id)
 
