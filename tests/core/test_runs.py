@@ -13,11 +13,12 @@ import pytest_asyncio
 
 from martlet_molt.config import Settings
 from martlet_molt.core.recovery import interrupt_orphaned_runs
+from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.runs import RunManager
 from martlet_molt.core.status import RunStatus
 from martlet_molt.core.stream_buffer import EventKind
 from martlet_molt.core.tools import ToolRegistry
-from martlet_molt.providers.base import ChatMessage, Delta, TextDelta, ToolSpec
+from martlet_molt.providers.base import ChatMessage, Delta, ModelOptions, TextDelta, ToolSpec
 from martlet_molt.store.base import RunRecord, Store, create_store
 
 
@@ -32,7 +33,10 @@ class GatedProvider:
         self.gate = asyncio.Event()
 
     async def stream(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        options: ModelOptions | None = None,
     ) -> AsyncIterator[Delta]:
         await self.gate.wait()
         for piece in self.pieces:
@@ -60,7 +64,7 @@ async def test_the_manager_keeps_the_task_alive(store: Store) -> None:
     """Defect 8: the loop holds tasks weakly; the manager holds them strongly until they end."""
     provider = GatedProvider(["kept ", "alive"])
     runs = _manager(store, provider)
-    log = await runs.start(message="hi", principal="")
+    log = await runs.start(RunSpec.of_message("hi", principal=""))
     for _ in range(3):
         gc.collect()
         await asyncio.sleep(0)
@@ -81,7 +85,7 @@ async def test_the_reply_is_saved_before_readers_see_the_end(store: Store) -> No
     """Defect 12: when a reader sees the end event, the store already has the final run."""
     provider = GatedProvider(["a", "b"])
     runs = _manager(store, provider)
-    log = await runs.start(message="hi", principal="")
+    log = await runs.start(RunSpec.of_message("hi", principal=""))
     provider.gate.set()
     seen: list[RunStatus] = []
     async for event in log.read():
@@ -110,7 +114,7 @@ class FailingSaveStore:
 async def test_a_failed_save_is_reported_as_a_failure(store: Store) -> None:
     provider = GatedProvider(["lost?"])
     runs = _manager(FailingSaveStore(store), provider)  # pyright: ignore[reportArgumentType]
-    log = await runs.start(message="hi", principal="")
+    log = await runs.start(RunSpec.of_message("hi", principal=""))
     provider.gate.set()
     events = [event async for event in log.read()]
     assert events[-1].data is not None
@@ -123,7 +127,7 @@ async def test_a_failed_save_is_reported_as_a_failure(store: Store) -> None:
 async def test_shutdown_interrupts_runs_past_the_grace_period(store: Store) -> None:
     provider = GatedProvider(["never"])
     runs = _manager(store, provider)
-    log = await runs.start(message="hi", principal="")
+    log = await runs.start(RunSpec.of_message("hi", principal=""))
     await runs.close(grace_seconds=0.05)
     assert log.status is RunStatus.INTERRUPTED
     record = await store.get_run(log.run_id)

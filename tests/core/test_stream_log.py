@@ -188,6 +188,40 @@ def test_replay_index_rebuilds_the_same_events() -> None:
     assert rebuilt.status is RunStatus.COMPLETED
 
 
+@pytest.mark.parametrize(
+    ("status", "error", "reason"),
+    [(RunStatus.COMPLETED, None, "length"), (RunStatus.FAILED, "upstream dropped", None)],
+)
+def test_a_saved_outcome_rebuilds_the_same_end(
+    status: RunStatus, error: str | None, reason: str | None
+) -> None:
+    """The end event (its finish reason too) is saved with the outcome: a log rebuilt from the
+    store ends exactly as the live one did."""
+    log = _started()
+    log.put_sync("cut sho")
+    log.set_usage({"total_tokens": 2})
+    log.set_finish_reason(reason)
+    index = log.replay_index() + log.closing_index(status, error)
+    log.fail(error) if error else log.complete()
+    assert log.events_after(0)[-1].data == {
+        "status": status.value,
+        "usage": {"total_tokens": 2},
+        "error": error,
+        **({"finish_reason": reason} if reason else {}),
+    }
+    rebuilt = StreamBuffer.from_saved(
+        run_id=log.run_id,
+        session_id="s",
+        principal="",
+        status=status,
+        content=log.full_content,
+        error=error,
+        usage=log.usage,
+        index=index,
+    )
+    assert list(rebuilt.events_after(0)) == list(log.events_after(0))
+
+
 def _finished(manager: StreamBufferManager, chars: int, ended: datetime) -> StreamBuffer:
     log = manager.create("s")
     log.start()

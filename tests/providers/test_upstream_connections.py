@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from martlet_molt.providers.base import TextDelta
+from martlet_molt.providers.base import ModelOptions, TextDelta
 from martlet_molt.providers.openai import OpenAIProvider
 from tests.conftest import script
 from tests.fake_upstream import FakeUpstream
@@ -34,3 +34,27 @@ async def test_sequential_runs_share_one_upstream_connection(
         finally:
             await provider.aclose()
         assert proxy.accepted == 1
+
+
+@pytest.mark.asyncio
+async def test_a_request_s_options_reach_the_upstream(upstream: FakeUpstream, model: str) -> None:
+    """Per-request options win over the provider's defaults; unset ones are not sent."""
+    script(upstream, model, token_count=2)
+    provider = OpenAIProvider(
+        model="configured-default", base_url=f"{upstream.url}/v1", max_retries=0, max_tokens=99
+    )
+    try:
+        options = ModelOptions(model=model, temperature=0.25, top_p=0.5, max_tokens=7)
+        async for _ in provider.stream([{"role": "user", "content": "hi"}], (), options):
+            pass
+        async for _ in provider.stream([{"role": "user", "content": "hi"}]):
+            pass
+    finally:
+        await provider.aclose()
+    asked, plain = upstream.requests[-2:]
+    assert (asked["model"], asked["temperature"], asked["top_p"]) == (model, 0.25, 0.5)
+    assert asked["max_tokens"] == 7
+    assert plain["model"] == "configured-default"
+    assert plain["max_tokens"] == 99
+    assert "temperature" not in plain
+    assert "top_p" not in plain

@@ -22,6 +22,7 @@ from martlet_molt.core.tools import ToolRegistry
 from martlet_molt.providers.base import (
     ChatMessage,
     FinishDelta,
+    ModelOptions,
     Provider,
     TextDelta,
     ToolCallDelta,
@@ -55,8 +56,10 @@ class Agent:
         tools: ToolRegistry | None = None,
         *,
         max_rounds: int = 8,
+        options: ModelOptions | None = None,
     ) -> None:
         self.provider = provider
+        self.options = options
         self.tools = tools or ToolRegistry()
         self.max_rounds = max_rounds
         self.finished_rounds: list[NewMessage] = []
@@ -81,7 +84,7 @@ class Agent:
     ) -> list[_PendingToolCall]:
         calls: dict[int, _PendingToolCall] = {}
         specs = self.tools.specs() if offer_tools else ()
-        async for delta in self.provider.stream(messages, specs):
+        async for delta in self.provider.stream(messages, specs, self.options):
             if isinstance(delta, TextDelta):
                 first = buffer.first_token_at is None
                 buffer.put_sync(delta.text)

@@ -36,9 +36,10 @@ from martlet_molt.core.agent import Agent
 from martlet_molt.core.elsewhere import Elsewhere
 from martlet_molt.core.leases import LeaseKeeper
 from martlet_molt.core.memory import TRIM_AFTER_EVICTED, release_memory
+from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.run_view import RunView
 from martlet_molt.core.saving import TAKEN_OVER_ERROR, Outcome, save_outcome
-from martlet_molt.core.session import new_session_id, to_chat_messages
+from martlet_molt.core.session import new_session_id, to_chat_messages, to_new_message
 from martlet_molt.core.status import RunStatus
 from martlet_molt.core.stream_buffer import StreamBuffer, StreamBufferManager, new_run_id
 from martlet_molt.core.stream_log import StreamLog
@@ -235,15 +236,8 @@ class RunManager:
 
     # -- starting ------------------------------------------------------------------------
 
-    async def start(
-        self,
-        *,
-        message: str,
-        principal: str,
-        session_id: str | None = None,
-        client_request_id: str | None = None,
-    ) -> StreamLog:
-        """Save the user's message and start a background run answering it."""
+    async def start(self, spec: RunSpec) -> StreamLog:
+        """Save the request's new messages and start a background run answering them."""
         if not self._accepting:
             raise ServiceUnavailable("the gateway is shutting down; try again shortly")
         if self.provider is None:
@@ -252,14 +246,15 @@ class RunManager:
             raise BrokerUnavailable(
                 "the shared stream log (Redis) cannot be reached; try again shortly"
             )
+        principal = spec.principal
         request_key = None
-        if client_request_id is not None:
-            request_key = (principal, session_id or "", client_request_id)
+        if spec.client_request_id is not None:
+            request_key = (principal, spec.session_id or "", spec.client_request_id)
             existing = await self._find_started(request_key)
             if existing is not None:
                 return existing
-        new_session = session_id is None
-        session_id = session_id or new_session_id()
+        new_session = spec.session_id is None
+        session_id = spec.session_id or new_session_id()
         active = self._active_by_session.get(session_id)
         if active is not None:
             busy = self.logs.get(active)
@@ -274,28 +269,16 @@ class RunManager:
         if request_key is not None:
             self._by_request[request_key] = run_id
             self._request_of_run[run_id] = request_key
-        # A new session's context is known without asking the store: one round trip less
-        # before the first token.
-        first_turn: list[ChatMessage] | None = (
-            [{"role": "user", "content": message}] if new_session else None
-        )
         # Shielded: once the question is on its way to the store, the run starts if it is
         # saved, even if the request that asked goes away meanwhile.
-        beginning = asyncio.create_task(
-            self._begin(log, self.provider, message, client_request_id, first_turn)
-        )
+        beginning = asyncio.create_task(self._begin(log, self.provider, spec, new_session))
         self._beginning.add(beginning)
         beginning.add_done_callback(self._beginning.discard)
         await asyncio.shield(beginning)
         return log
 
     async def _begin(
-        self,
-        log: StreamBuffer,
-        provider: Provider,
-        message: str,
-        client_request_id: str | None,
-        first_turn: list[ChatMessage] | None,
+        self, log: StreamBuffer, provider: Provider, spec: RunSpec, new_session: bool
     ) -> None:
         """Save the question and a pending run, then start the run's task."""
         run_id, session_id = log.run_id, log.session_id
@@ -304,10 +287,11 @@ class RunManager:
                 session_id=session_id,
                 principal=log.principal,
                 run_id=run_id,
-                user_message=message,
-                client_request_id=client_request_id,
+                inputs=[to_new_message(message, run_id) for message in spec.messages],
+                client_request_id=spec.client_request_id,
                 owner=self.owner if self.shared else None,
                 lease_seconds=self.settings.run_lease_seconds if self.shared else None,
+                request=spec.request,
             )
         except BaseException as exc:
             self._active_by_session.pop(session_id, None)
@@ -324,12 +308,20 @@ class RunManager:
         if self.shared:
             self._fences[run_id] = record.fence
             self.broker.publish(log, owner=self.owner)
-        agent = Agent(provider, self.tools, max_rounds=self.settings.max_tool_rounds)
-        task = asyncio.create_task(self._drive(log, agent, first_turn), name=f"run {run_id}")
+        agent = Agent(
+            provider, self.tools, max_rounds=self.settings.max_tool_rounds, options=spec.options
+        )
+        # A new session's context is known without asking the store: one round trip less
+        # before the first token.
+        first_turn = list(spec.messages) if new_session else None
+        task = asyncio.create_task(
+            self._drive(log, agent, spec.instructions, first_turn), name=f"run {run_id}"
+        )
         self._tasks[run_id] = task
         task.add_done_callback(partial(self._collect, run_id))
         self.metrics.run_started()
-        logger.info("run {} started in session {} (model {})", run_id, session_id, provider.model)
+        model = spec.options.model or provider.model
+        logger.info("run {} started in session {} (model {})", run_id, session_id, model)
 
     async def _find_started(self, request_key: tuple[str, str, str]) -> StreamLog | None:
         """The run a retried request already started (in memory, else in the store)."""
@@ -361,28 +353,39 @@ class RunManager:
     # -- the run itself ------------------------------------------------------------------
 
     async def _drive(
-        self, log: StreamBuffer, agent: Agent, first_turn: list[ChatMessage] | None
+        self,
+        log: StreamBuffer,
+        agent: Agent,
+        instructions: str | None,
+        first_turn: list[ChatMessage] | None,
     ) -> None:
         """Stream, then save, then end the log: in that order, whatever happens."""
         with logger.contextualize(session_id=log.session_id):
-            await self._stream_then_save(log, agent, first_turn)
+            await self._stream_then_save(log, agent, instructions, first_turn)
 
     async def _context(
-        self, log: StreamBuffer, first_turn: list[ChatMessage] | None
+        self, log: StreamBuffer, instructions: str | None, first_turn: list[ChatMessage] | None
     ) -> list[ChatMessage]:
-        """What the model is sent: the system prompt and the session's saved turns."""
-        if first_turn is not None:
-            return to_chat_messages([], self.settings.system_prompt) + first_turn
-        records = await self.store.list_messages(log.session_id)
-        return to_chat_messages(records, self.settings.system_prompt)
+        """What the model is sent: the system prompt (or the request's own instructions) and
+        the session's saved turns."""
+        if first_turn is None:
+            turns = to_chat_messages(await self.store.list_messages(log.session_id))
+        else:
+            turns = first_turn
+        system = self.settings.system_prompt if instructions is None else instructions
+        return [{"role": "system", "content": system}, *turns] if system else turns
 
     async def _stream_then_save(
-        self, log: StreamBuffer, agent: Agent, first_turn: list[ChatMessage] | None
+        self,
+        log: StreamBuffer,
+        agent: Agent,
+        instructions: str | None,
+        first_turn: list[ChatMessage] | None,
     ) -> None:
         started = time.monotonic()
         status, error = RunStatus.COMPLETED, None
         try:
-            history = await self._context(log, first_turn)
+            history = await self._context(log, instructions, first_turn)
             # The store learns `streaming` with the first checkpoint; nothing waits on it.
             log.start()
             await agent.stream_to_buffer(history, log)
@@ -405,6 +408,7 @@ class RunManager:
         ended = datetime.now(UTC)
         if agent.usage:
             log.set_usage(agent.usage)
+        log.set_finish_reason(agent.finish_reason)
         if log.run_id in self._lost:
             # Another instance saved the outcome already; this copy only tells its readers.
             status, error = RunStatus.INTERRUPTED, TAKEN_OVER_ERROR

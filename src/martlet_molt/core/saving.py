@@ -60,7 +60,7 @@ async def save_outcome(
                 content=log.text_from(),
                 error=outcome.error,
                 usage=log.usage,
-                events=log.replay_index(),
+                events=log.replay_index() + log.closing_index(outcome.status, outcome.error),
                 messages=agent.messages_to_save(log, outcome.status),
                 fence=fence,
                 ended_at=ended,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from uuid import uuid4
 
 from martlet_molt.providers.base import ChatMessage
-from martlet_molt.store.base import MessageRecord
+from martlet_molt.store.base import MessageRecord, NewMessage
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 """Session ids: 1-128 characters, letters, digits, `_`, `.` and `-`, starting alphanumeric.
@@ -25,6 +25,18 @@ def is_valid_session_id(session_id: str) -> bool:
 def new_session_id() -> str:
     """A fresh session id for a client that did not name one."""
     return f"ses_{uuid4().hex}"
+
+
+def to_new_message(message: ChatMessage, run_id: str) -> NewMessage:
+    """A request's message (OpenAI's chat shape, text content) as it is saved in a session."""
+    return NewMessage(
+        role=str(message["role"]),
+        content=str(message.get("content") or ""),
+        run_id=run_id,
+        tool_calls=message.get("tool_calls"),
+        tool_call_id=message.get("tool_call_id"),
+        name=message.get("name"),
+    )
 
 
 def to_chat_messages(

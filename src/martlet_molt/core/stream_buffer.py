@@ -151,6 +151,7 @@ class StreamBuffer:
         self._status = RunStatus.PENDING
         self._error: str | None = None
         self._usage: dict[str, Any] | None = None
+        self._finish_reason: str | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self.created_at = _now()
         self.updated_at = self.created_at
@@ -268,19 +269,40 @@ class StreamBuffer:
             EventKind.TOOL_RESULT, data={"tool_call_id": call_id, "name": name, "content": content}
         )
 
+    def _closing_events(
+        self, status: RunStatus, error: str | None
+    ) -> list[tuple[EventKind, dict[str, Any]]]:
+        closing: list[tuple[EventKind, dict[str, Any]]] = []
+        if error is not None:
+            closing.append((EventKind.ERROR, {"message": error}))
+        end: dict[str, Any] = {"status": status.value, "usage": self._usage, "error": error}
+        if self._finish_reason is not None:
+            end["finish_reason"] = self._finish_reason
+        closing.append((EventKind.END, end))
+        return closing
+
+    def closing_index(self, status: RunStatus, error: str | None) -> list[Any]:
+        """The replay index entries of the events that will end the log with `status`: saved
+        with the outcome, so a log rebuilt from the store ends exactly as the live one."""
+        return [
+            {"kind": kind.value, "data": data} for kind, data in self._closing_events(status, error)
+        ]
+
     def _end(self, status: RunStatus, error: str | None = None) -> None:
         self._move_to(status)
         self._error = error
         self.completed_at = _now()
-        if error is not None:
-            self._append(EventKind.ERROR, data={"message": error})
-        self._append(
-            EventKind.END, data={"status": status.value, "usage": self._usage, "error": error}
-        )
+        for kind, data in self._closing_events(status, error):
+            self._append(kind, data=data)
 
     def set_usage(self, usage: Mapping[str, Any]) -> None:
         """Remember the upstream's token usage; it goes out with the `end` event."""
         self._usage = dict(usage)
+
+    def set_finish_reason(self, reason: str | None) -> None:
+        """Remember why the model stopped (`stop`, `length`, ...); it goes out with the `end`
+        event, so a reader can tell a reply cut at its token limit from a finished one."""
+        self._finish_reason = reason
 
     def complete(self) -> None:
         """End the run successfully (call only once the reply is saved)."""
@@ -424,11 +446,8 @@ class StreamBuffer:
         log._usage = dict(usage) if usage else None
         log._error = error
         if not ended and status.is_final:
-            if error is not None:
-                log._append(EventKind.ERROR, data={"message": error})
-            log._append(
-                EventKind.END, data={"status": status.value, "usage": log._usage, "error": error}
-            )
+            for kind, data in log._closing_events(status, error):
+                log._append(kind, data=data)
         log._status = status
         return log
 

@@ -46,6 +46,17 @@ class FinishDelta:
 Delta = TextDelta | ToolCallDelta | UsageDelta | FinishDelta
 
 
+@dataclass(frozen=True, slots=True)
+class ModelOptions:
+    """Per-request options the provider honours; None leaves the provider's own default."""
+
+    model: str | None = None
+    """The upstream's name for the model (after the gateway's served-name mapping)."""
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+
+
 class Provider(Protocol):
     """A streaming chat model. Closing the iterator must close the upstream request: that is
     what stops token spend when a run is cancelled."""
@@ -61,9 +72,12 @@ class Provider(Protocol):
         ...
 
     def stream(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        options: ModelOptions | None = None,
     ) -> AsyncIterator[Delta]:
-        """Stream one completion."""
+        """Stream one completion, honouring the request's `options` where given."""
         ...
 
     async def aclose(self) -> None:

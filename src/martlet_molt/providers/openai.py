@@ -19,6 +19,7 @@ from martlet_molt.providers.base import (
     ChatMessage,
     Delta,
     FinishDelta,
+    ModelOptions,
     TextDelta,
     ToolCallDelta,
     ToolSpec,
@@ -29,6 +30,7 @@ from martlet_molt.providers.base import (
 PLACEHOLDER_API_KEY = "not-needed"
 # How long to wait, after `[DONE]`, for the body to end so its connection can be reused.
 DRAIN_SECONDS = 1.0
+_DEFAULTS = ModelOptions()
 
 
 class OpenAIProvider:
@@ -73,7 +75,10 @@ class OpenAIProvider:
         return self._model
 
     async def stream(
-        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec] = ()
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[ToolSpec] = (),
+        options: ModelOptions | None = None,
     ) -> AsyncIterator[Delta]:
         """Stream one completion; every failure becomes a `ProviderError` saying what happened.
 
@@ -83,16 +88,7 @@ class OpenAIProvider:
         does per token. (`httpx2` is the SDK's own HTTP client: its `Response` is what the
         SDK hands back for a raw stream.)
         """
-        body: dict[str, Any] = {
-            "model": self._model,
-            "messages": list(messages),
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if tools:
-            body["tools"] = list(tools)
-        if self._max_tokens is not None:
-            body["max_tokens"] = self._max_tokens
+        body = self._body(messages, tools, options or _DEFAULTS)
         try:
             # The SDK's documented way to send a request it does not shape itself: the body
             # is already OpenAI's wire format, and skipping `create`'s parameter transform
@@ -118,6 +114,27 @@ class OpenAIProvider:
             raise ProviderError(_describe(exc)) from exc
         except Exception as exc:
             raise ProviderError(_describe_transport(exc)) from exc
+
+    def _body(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], options: ModelOptions
+    ) -> dict[str, Any]:
+        """The request in OpenAI's wire format; a request's options win over the defaults."""
+        body: dict[str, Any] = {
+            "model": options.model or self._model,
+            "messages": list(messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if tools:
+            body["tools"] = list(tools)
+        max_tokens = options.max_tokens if options.max_tokens is not None else self._max_tokens
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if options.temperature is not None:
+            body["temperature"] = options.temperature
+        if options.top_p is not None:
+            body["top_p"] = options.top_p
+        return body
 
     async def aclose(self) -> None:
         """Close the SDK's HTTP client."""

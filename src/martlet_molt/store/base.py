@@ -14,7 +14,7 @@ so that the old owner's late writes, which carry the old token, are refused.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -93,6 +93,8 @@ class RunRecord:
     """Until when the owner holds it, unless renewed (None: no lease, no owner to wait for)."""
     cancel_requested: bool = False
     """Someone asked the owner, wherever it runs, to cancel the run."""
+    request: JsonObject | None = None
+    """What the request asked, as the API that took it echoes it (None: the native API)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +149,17 @@ class Store(Protocol):
         session_id: str,
         principal: str,
         run_id: str,
-        user_message: str,
+        user_message: str | None = None,
+        inputs: Sequence[NewMessage] = (),
         client_request_id: str | None = None,
         owner: str | None = None,
         lease_seconds: float | None = None,
+        request: Mapping[str, Any] | None = None,
     ) -> RunRecord:
-        """Create the session if new, save the user message and a `pending` run, atomically.
-        Another principal's session raises `SessionNotFound`, a session with an unfinished
-        run `SessionBusy` (naming that run); either changes nothing.
+        """Create the session if new, save the request's messages (`inputs`, or just the
+        `user_message`) and a `pending` run with its `request`, atomically. Another
+        principal's session raises `SessionNotFound`, a session with an unfinished run
+        `SessionBusy` (naming that run); either changes nothing.
 
         The run gets `owner`, fence 1, and a lease of `lease_seconds` (None: no lease, as a
         single-process gateway runs)."""

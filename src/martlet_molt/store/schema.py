@@ -133,6 +133,8 @@ runs = Table(
     Column("fence", Integer, nullable=False, server_default="0"),
     Column("lease_expires_at", UtcDateTime, nullable=True),
     Column("cancel_requested", Boolean, nullable=False, server_default=false()),
+    # What the request asked (OpenAI's APIs echo it: model, instructions, options, metadata).
+    Column("request", JSON(none_as_null=True), nullable=True),
     Index("ix_runs_session", "session_id"),
     Index("ix_runs_status", "status"),
 )
@@ -235,4 +237,5 @@ def run_record(m: RowMapping) -> RunRecord:
         fence=m["fence"],
         lease_expires_at=m["lease_expires_at"],
         cancel_requested=m["cancel_requested"],
+        request=m["request"],
     )

@@ -14,7 +14,7 @@ in `store.leases`, the saving of a final run, shared with a takeover, in `store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -218,16 +218,24 @@ class SqlStore:
         session_id: str,
         principal: str,
         run_id: str,
-        user_message: str,
+        user_message: str | None = None,
+        inputs: Sequence[NewMessage] = (),
         client_request_id: str | None = None,
         owner: str | None = None,
         lease_seconds: float | None = None,
+        request: Mapping[str, Any] | None = None,
     ) -> RunRecord:
-        """Create the session if new, save the user message and a `pending` run, atomically.
-        Another principal's session raises `SessionNotFound`, a session with an unfinished run
-        `SessionBusy`; either changes nothing. The run gets `owner`, fence 1, and a lease of
-        `lease_seconds` (None: no lease)."""
-        self._check_text(session_id, principal, run_id, user_message, client_request_id, owner)
+        """Create the session if new, save the request's messages (`inputs`, or just the
+        `user_message`) and a `pending` run, atomically. Another principal's session raises
+        `SessionNotFound`, a session with an unfinished run `SessionBusy`; either changes
+        nothing. The run gets `owner`, fence 1, and a lease of `lease_seconds` (None: no
+        lease)."""
+        questions = list(inputs)
+        if user_message is not None:
+            questions.append(NewMessage(role="user", content=user_message, run_id=run_id))
+        self._check_text(session_id, principal, run_id, client_request_id, owner)
+        for question in questions:
+            self._check_text(question.role, question.content, question.tool_call_id, question.name)
         now = _now()
         record = RunRecord(
             run_id=run_id,
@@ -242,6 +250,7 @@ class SqlStore:
             client_request_id=client_request_id,
             owner=owner,
             fence=1,
+            request=dict(request) if request is not None else None,
         )
         # Spelled out, not `asdict`: that deep-copies every field, a tenth of this call.
         run: dict[str, Any] = {
@@ -260,6 +269,7 @@ class SqlStore:
             "owner": owner,
             "fence": 1,
             "cancel_requested": False,
+            "request": dict(request) if request is not None else None,
         }
         insert_run = _INSERT_RUN
         if lease_seconds is not None:
@@ -269,7 +279,6 @@ class SqlStore:
                 run["lease_expires_at"] = lease["b_lease_until"]
             else:
                 run.update(lease)
-        question = NewMessage(role="user", content=user_message, run_id=run_id)
         session = {
             "session_id": session_id,
             "principal": principal,
@@ -281,7 +290,9 @@ class SqlStore:
             if conn.execute(self._upsert_session, session).scalar_one() != principal:
                 raise SessionNotFound(f"session {session_id} not found")  # rolls the touch back
             # A session's unfinished run is refused by `ux_runs_session_active`: no read first.
-            insert_message(conn, message_values(session_id, question, now), question.content)
+            for question in questions:
+                values = message_values(session_id, question, now)
+                insert_message(conn, values, question.content)
             inserted = conn.execute(insert_run, run)
             return inserted.scalar() if inserted.returns_rows else run.get("lease_expires_at")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from martlet_molt.config import Settings
+from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.runs import RunManager
 from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.errors import InvalidRequest
@@ -23,10 +24,12 @@ async def _start(
             f"message is {len(body.message)} characters; the limit is {settings.max_message_chars}"
         )
     return await runs.start(
-        message=body.message,
-        principal=principal,
-        session_id=body.session_id,
-        client_request_id=body.client_request_id,
+        RunSpec.of_message(
+            body.message,
+            principal=principal,
+            session_id=body.session_id,
+            client_request_id=body.client_request_id,
+        )
     )
 
 
