@@ -150,10 +150,10 @@ def test_the_command_line_module_loads_no_terminal_client() -> None:
 
 def test_metrics_classify_upstream_errors_without_loading_the_sdk() -> None:
     loaded = _loaded_after(
+        "from martlet_molt.errors import UpstreamHttpError, UpstreamTimeout\n"
         "from martlet_molt.metrics import classify_upstream_error as kind\n"
-        "assert kind(TimeoutError()) == 'timeout', kind(TimeoutError())\n"
-        "assert kind(ConnectionResetError()) == 'connection'\n"
-        "assert kind(RuntimeError('upstream returned HTTP 503: busy')) == 'http_5xx'"
+        "assert kind(UpstreamTimeout('silent')) == 'timeout'\n"
+        "assert kind(UpstreamHttpError(503, 'busy')) == 'http_5xx'"
     )
     assert "openai" not in loaded
 

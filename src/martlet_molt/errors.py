@@ -15,7 +15,11 @@ MartletError                      500
 ├── ServiceUnavailable            503
 │   ├── BrokerUnavailable         (Redis cannot be reached: new runs wait for it)
 │   └── StoreUnavailable          (the database cannot be reached)
-├── ProviderError                 502  (the upstream failed)
+├── ProviderError                 502  (the upstream failed; `kind` names why, for metrics)
+│   ├── UpstreamTimeout           (silent past the idle timeout, or connecting timed out)
+│   ├── UpstreamUnreachable       (refused, or the connection dropped mid-stream)
+│   ├── UpstreamHttpError         (an error status, in `status`, after the SDK's retries)
+│   └── UpstreamMalformed         (a chunk that is not a JSON completion chunk)
 ├── ReplyTooLong                  (ends a run; never reaches HTTP)
 ├── SchemaTooNew                  (a newer release migrated the database; stops start-up)
 ├── SettingsRefused               (the settings cannot serve, e.g. Redis with SQLite; at start)
@@ -26,7 +30,12 @@ MartletError                      500
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeAlias
+
+UpstreamErrorKind: TypeAlias = Literal[
+    "rate_limited", "http_5xx", "http_4xx", "timeout", "connection", "malformed", "other"
+]
+"""Why the upstream failed, as `martlet_upstream_errors_total` counts it."""
 
 
 class MartletError(Exception):
@@ -152,10 +161,48 @@ class StoreUnavailable(ServiceUnavailable):
 
 
 class ProviderError(MartletError):
-    """The upstream model failed; the message says how."""
+    """The upstream model failed; the message says how. Raised as is when no subclass names
+    the cause (for example, an error object inside the stream)."""
 
     status_code = 502
     code = "provider_error"
+    kind: UpstreamErrorKind = "other"
+    """The cause, so that nothing has to read it from the message's wording."""
+
+
+class UpstreamTimeout(ProviderError):
+    """The upstream went silent for longer than the idle timeout, or connecting timed out."""
+
+    kind = "timeout"
+
+
+class UpstreamUnreachable(ProviderError):
+    """The upstream could not be reached, or its connection broke mid-stream."""
+
+    kind = "connection"
+
+
+class UpstreamHttpError(ProviderError):
+    """The upstream answered with an error status (after any retries the SDK made)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"upstream returned HTTP {status}: {detail}")
+        self.status = status
+        if status == 429:
+            self.kind = "rate_limited"
+        elif status >= 500:
+            self.kind = "http_5xx"
+        elif status >= 400:
+            self.kind = "http_4xx"
+
+
+class UpstreamMalformed(ProviderError):
+    """The upstream sent a chunk that is not JSON, or not shaped like a completion chunk."""
+
+    kind = "malformed"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"upstream sent a malformed chunk: {detail}")
 
 
 class ReplyTooLong(MartletError):

@@ -7,33 +7,21 @@ share or clash over metrics. `GET /metrics` serves `Metrics.exposition()`.
 
 from __future__ import annotations
 
-import re
-import sys
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from martlet_molt.core.status import RunStatus
+from martlet_molt.errors import ProviderError, UpstreamErrorKind
 
-UPSTREAM_ERROR_KINDS: Final = (
-    "rate_limited",
-    "http_5xx",
-    "http_4xx",
-    "timeout",
-    "connection",
-    "malformed",
-    "other",
-)
+UPSTREAM_ERROR_KINDS: Final[tuple[UpstreamErrorKind, ...]] = get_args(UpstreamErrorKind)
 """Every `kind` label of `martlet_upstream_errors_total`."""
 
 TOKEN_KINDS: Final = ("prompt", "completion")
 
 TTFT_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 DURATION_BUCKETS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
-
-_MAX_CAUSES = 8
-_HTTP_STATUS = re.compile(r"\bHTTP (\d{3})\b")
 
 
 class Metrics:
@@ -141,75 +129,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception, then what caused it (explicit or implicit), a bounded number deep."""
-    current: BaseException | None = exc
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen and len(seen) < _MAX_CAUSES:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or (
-            None if current.__suppress_context__ else current.__context__
-        )
-
-
-def _kind_of_status(status: int) -> str:
-    if status == 429:
-        return "rate_limited"
-    if status >= 500:
-        return "http_5xx"
-    if status >= 400:
-        return "http_4xx"
-    return "other"
-
-
-def _kind_of_exception(exc: BaseException) -> str | None:
-    # The SDK's errors exist only once the SDK is loaded; importing it here would load its
-    # ~500 modules (~15 MB) into a process that may never talk to an upstream.
-    sdk: Any = sys.modules.get("openai")
-    if sdk is not None:
-        if isinstance(exc, sdk.APIStatusError):
-            status: Any = getattr(exc, "status_code", 0)
-            return _kind_of_status(int(status))
-        if isinstance(exc, sdk.APITimeoutError):
-            return "timeout"
-        if isinstance(exc, sdk.APIConnectionError):
-            return "connection"
-    # The SDK lets its HTTP client's errors through mid-stream. Which client that is changes
-    # between SDK versions (httpx, httpx2), so they are recognised by their base classes' names.
-    bases = {cls.__name__ for cls in type(exc).__mro__}
-    if isinstance(exc, TimeoutError) or "TimeoutException" in bases:
-        return "timeout"
-    if isinstance(exc, ConnectionError) or "TransportError" in bases:
-        return "connection"
-    if isinstance(exc, ValueError):  # the SDK's JSON decoding of a chunk
-        return "malformed"
-    return None
-
-
-def _kind_of_message(message: str) -> str:
-    """The fallback for an error without a telling cause: `ProviderError`'s wording."""
-    found = _HTTP_STATUS.search(message)
-    if found is not None:
-        return _kind_of_status(int(found.group(1)))
-    lowered = message.lower()
-    if "timed out" in lowered or "went silent" in lowered:
-        return "timeout"
-    if "malformed" in lowered:
-        return "malformed"
-    if "connection" in lowered or "could not reach" in lowered:
-        return "connection"
-    return "other"
-
-
-def classify_upstream_error(exc: BaseException) -> str:
-    """Which of `UPSTREAM_ERROR_KINDS` an upstream failure is (a pure function).
-
-    The exception chain decides (a `ProviderError` is raised `from` the SDK's or the HTTP
-    client's error); failing that, the message's wording.
-    """
-    for cause in _causes(exc):
-        kind = _kind_of_exception(cause)
-        if kind is not None:
-            return kind
-    return _kind_of_message(str(exc))
+def classify_upstream_error(exc: BaseException) -> UpstreamErrorKind:
+    """Which of `UPSTREAM_ERROR_KINDS` an upstream failure is: a `ProviderError`'s own `kind`
+    (the provider raises the subclass that names the cause); anything else is "other"."""
+    return exc.kind if isinstance(exc, ProviderError) else "other"

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, cast
 
 import httpx
-import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from martlet_molt.core.runs import RunManager
-from martlet_molt.errors import ProviderError
+from martlet_molt.errors import (
+    ProviderError,
+    UpstreamHttpError,
+    UpstreamMalformed,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from martlet_molt.metrics import UPSTREAM_ERROR_KINDS, Metrics, classify_upstream_error
 from martlet_molt.store.base import create_store
 from tests.conftest import GatewayFactory, script
@@ -221,58 +225,39 @@ async def test_metrics_are_left_out_of_the_openapi_schema(gateway: GatewayServer
 
 # -- units -----------------------------------------------------------------------------------
 
-# The SDK's errors only read these objects' attributes, whichever HTTP client built them.
-_REQUEST: Any = httpx.Request("POST", "http://upstream.test/v1/chat/completions")
-
-
-def _status_error(status: int) -> openai.APIStatusError:
-    return openai.APIStatusError(
-        "error", response=cast(Any, httpx.Response(status, request=_REQUEST)), body=None
-    )
-
-
-def _from(cause: BaseException, message: str = "upstream failed") -> ProviderError:
-    error = ProviderError(message)
-    error.__cause__ = cause
-    return error
-
 
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
-        (_from(_status_error(429)), "rate_limited"),
-        (_from(_status_error(503)), "http_5xx"),
-        (_from(_status_error(500)), "http_5xx"),
-        (_from(_status_error(401)), "http_4xx"),
-        (_from(_status_error(404)), "http_4xx"),
-        (_from(openai.APITimeoutError(request=_REQUEST)), "timeout"),
-        (_from(httpx.ReadTimeout("silent")), "timeout"),
-        (_from(openai.APIConnectionError(request=_REQUEST)), "connection"),
-        (_from(httpx.RemoteProtocolError("peer closed connection")), "connection"),
-        (_from(httpx.ReadError("reset")), "connection"),
-        (_from(ConnectionResetError()), "connection"),
-        (_from(ValueError("Expecting value")), "malformed"),
-        (_from(openai.APIError("boom", _REQUEST, body=None)), "other"),
-        (_from(RuntimeError("odd")), "other"),
-        (ProviderError("upstream returned HTTP 502: Bad gateway."), "http_5xx"),
-        (ProviderError("upstream returned HTTP 429: slow down"), "rate_limited"),
-        (ProviderError("upstream went silent for longer than the idle timeout"), "timeout"),
-        (ProviderError("upstream sent a malformed chunk: x"), "malformed"),
-        (ProviderError("upstream connection dropped mid-stream (ReadError)"), "connection"),
+        (UpstreamHttpError(429, "slow down"), "rate_limited"),
+        (UpstreamHttpError(503, "overloaded"), "http_5xx"),
+        (UpstreamHttpError(500, "oops"), "http_5xx"),
+        (UpstreamHttpError(401, "bad key"), "http_4xx"),
+        (UpstreamHttpError(404, "no such model"), "http_4xx"),
+        (UpstreamHttpError(302, "moved"), "other"),
+        (UpstreamTimeout("upstream went silent for longer than the idle timeout"), "timeout"),
+        (UpstreamTimeout("could not reach the upstream: connecting timed out"), "timeout"),
+        (UpstreamUnreachable("could not reach the upstream: Connection refused"), "connection"),
+        (UpstreamUnreachable("upstream connection dropped mid-stream (ReadError)"), "connection"),
+        (UpstreamMalformed("not a JSON object"), "malformed"),
         (ProviderError("upstream error: something"), "other"),
+        # The type decides, never the wording.
+        (ProviderError("upstream returned HTTP 502: Bad gateway."), "other"),
+        (ProviderError("upstream went silent for longer than the idle timeout"), "other"),
+        (UpstreamUnreachable("upstream stream failed: timed out"), "connection"),
+        (RuntimeError("upstream returned HTTP 503: busy"), "other"),
     ],
 )
-def test_upstream_errors_are_classified(error: BaseException, kind: str) -> None:
+def test_upstream_errors_are_classified_by_type(error: BaseException, kind: str) -> None:
     assert classify_upstream_error(error) == kind
     assert kind in UPSTREAM_ERROR_KINDS
 
 
-def test_errors_of_the_sdks_own_http_client_are_classified() -> None:
-    """openai 3 streams through httpx2, whose errors mid-stream reach the provider as is."""
-    sdk_http = pytest.importorskip("httpx2")
-    assert classify_upstream_error(_from(sdk_http.RemoteProtocolError("closed"))) == "connection"
-    assert classify_upstream_error(_from(sdk_http.ConnectError("refused"))) == "connection"
-    assert classify_upstream_error(_from(sdk_http.ReadTimeout("silent"))) == "timeout"
+def test_an_http_error_carries_its_status_and_says_it() -> None:
+    error = UpstreamHttpError(502, "Bad gateway.")
+    assert (error.status, error.message) == (502, "upstream returned HTTP 502: Bad gateway.")
+    assert isinstance(error, ProviderError)
+    assert (error.status_code, error.code) == (502, "provider_error")
 
 
 def test_metrics_objects_do_not_share_a_registry() -> None:

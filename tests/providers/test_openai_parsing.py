@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from martlet_molt.errors import ProviderError
+from martlet_molt.errors import ProviderError, UpstreamMalformed
 from martlet_molt.providers.base import FinishDelta, TextDelta, ToolCallDelta, UsageDelta
 from martlet_molt.providers.openai import data_payloads, parse_chunk
 
@@ -68,13 +68,18 @@ def test_a_chunk_gives_text_tool_fragments_usage_and_finish() -> None:
 
 
 @pytest.mark.parametrize(
-    ("payload", "reason"),
+    ("payload", "error_class", "reason"),
     [
-        (b"{not json", "malformed"),
-        (b"[1, 2]", "malformed"),
-        (b'{"error": {"message": "overloaded"}}', "upstream error: overloaded"),
+        (b"{not json", UpstreamMalformed, "^upstream sent a malformed chunk: Expecting"),
+        (b"[1, 2]", UpstreamMalformed, "^upstream sent a malformed chunk: not a JSON object$"),
+        (b'{"choices": [1]}', UpstreamMalformed, "^upstream sent a malformed chunk: Attribute"),
+        (b'{"usage": {"prompt_tokens": "x"}}', UpstreamMalformed, "malformed chunk: ValueError"),
+        (b'{"error": {"message": "overloaded"}}', ProviderError, "^upstream error: overloaded$"),
     ],
 )
-def test_bad_chunks_fail_clearly(payload: bytes, reason: str) -> None:
-    with pytest.raises(ProviderError, match=reason):
+def test_bad_chunks_fail_clearly(
+    payload: bytes, error_class: type[ProviderError], reason: str
+) -> None:
+    with pytest.raises(ProviderError, match=reason) as caught:
         parse_chunk(payload)
+    assert type(caught.value) is error_class

@@ -14,7 +14,13 @@ import httpx2
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
-from martlet_molt.errors import ProviderError
+from martlet_molt.errors import (
+    ProviderError,
+    UpstreamHttpError,
+    UpstreamMalformed,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 from martlet_molt.providers.base import (
     ChatMessage,
     Delta,
@@ -31,6 +37,8 @@ PLACEHOLDER_API_KEY = "not-needed"
 # How long to wait, after `[DONE]`, for the body to end so its connection can be reused.
 DRAIN_SECONDS = 1.0
 _DEFAULTS = ModelOptions()
+# What a run's error says when the upstream stops sending (before or during the body).
+SILENT = "upstream went silent for longer than the idle timeout"
 
 
 class OpenAIProvider:
@@ -80,7 +88,8 @@ class OpenAIProvider:
         tools: Sequence[ToolSpec] = (),
         options: ModelOptions | None = None,
     ) -> AsyncIterator[Delta]:
-        """Stream one completion; every failure becomes a `ProviderError` saying what happened.
+        """Stream one completion; every failure becomes a `ProviderError` whose subclass names
+        the cause and whose message says what happened.
 
         The SDK makes the request (auth, base URL, retries with backoff and `Retry-After`,
         status errors); the body is read raw and parsed here, because the SDK's per-chunk
@@ -108,12 +117,10 @@ class OpenAIProvider:
                 await response.aclose()
         except ProviderError:
             raise
-        except openai.APITimeoutError as exc:
-            raise ProviderError(_describe_timeout(exc)) from exc
         except openai.APIError as exc:
-            raise ProviderError(_describe(exc)) from exc
+            raise _api_error(exc) from exc
         except Exception as exc:
-            raise ProviderError(_describe_transport(exc)) from exc
+            raise _transport_error(exc) from exc
 
     def _body(
         self, messages: Sequence[ChatMessage], tools: Sequence[ToolSpec], options: ModelOptions
@@ -176,18 +183,14 @@ async def data_payloads(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield b"\n".join(data)
 
 
-def _malformed(detail: str) -> ProviderError:
-    return ProviderError(f"upstream sent a malformed chunk: {detail}")
-
-
 def parse_chunk(payload: bytes) -> list[Delta]:
     """The deltas in one `chat.completion.chunk` (an OpenAI error object raises)."""
     try:
         chunk: object = json.loads(payload)
     except ValueError as exc:
-        raise _malformed(str(exc)) from exc
+        raise UpstreamMalformed(str(exc)) from exc
     if not isinstance(chunk, dict):
-        raise _malformed("not a JSON object")
+        raise UpstreamMalformed("not a JSON object")
     body = cast("dict[str, Any]", chunk)
     if body.get("error"):
         error: Any = body["error"]
@@ -195,6 +198,14 @@ def parse_chunk(payload: bytes) -> list[Delta]:
             cast("dict[str, Any]", error).get("message") if isinstance(error, dict) else error
         )
         raise ProviderError(f"upstream error: {message}")
+    try:
+        return _deltas(body)
+    except (AttributeError, TypeError, ValueError) as exc:  # a field of the wrong type
+        raise UpstreamMalformed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _deltas(body: dict[str, Any]) -> list[Delta]:
+    """The deltas in a chunk that is a JSON object and no error."""
     deltas: list[Delta] = []
     usage: Any = body.get("usage")
     if usage:
@@ -227,37 +238,43 @@ def parse_chunk(payload: bytes) -> list[Delta]:
     return deltas
 
 
-def _describe_transport(exc: Exception) -> str:
-    """The SDK lets its HTTP client's errors through mid-stream; name the common ones."""
-    kind = type(exc).__name__
-    if kind == "ReadTimeout":
-        return "upstream went silent for longer than the idle timeout"
-    if kind in ("RemoteProtocolError", "ReadError", "ConnectError", "NetworkError"):
-        return f"upstream connection dropped mid-stream ({kind})"
-    return f"upstream stream failed: {kind}: {exc}"
+def _transport_error(exc: Exception) -> ProviderError:
+    """The SDK lets its HTTP client's errors through mid-stream; name the common ones, and
+    type each by its cause."""
+    name = type(exc).__name__
+    if name == "ReadTimeout":
+        return UpstreamTimeout(SILENT)
+    if name in ("RemoteProtocolError", "ReadError", "ConnectError", "NetworkError"):
+        return UpstreamUnreachable(f"upstream connection dropped mid-stream ({name})")
+    message = f"upstream stream failed: {name}: {exc}"
+    if isinstance(exc, TimeoutError | httpx2.TimeoutException):
+        return UpstreamTimeout(message)
+    if isinstance(exc, ConnectionError | httpx2.TransportError):
+        return UpstreamUnreachable(message)
+    return ProviderError(message)
 
 
-def _describe_timeout(exc: openai.APITimeoutError) -> str:
+def _timeout_error(exc: openai.APITimeoutError) -> ProviderError:
     """A timeout is silence mid-request, unless the connection itself failed: the SDK's
     aiohttp transport reports a refused connection as a connect timeout."""
     connect = exc.__cause__
     if not isinstance(connect, httpx2.ConnectTimeout):
-        return "upstream went silent for longer than the idle timeout"
+        return UpstreamTimeout(SILENT)
     refused = connect.__cause__
     while refused is not None and not isinstance(refused, OSError):
         refused = refused.__cause__
     if refused is None:
-        return "could not reach the upstream: connecting timed out"
+        return UpstreamTimeout("could not reach the upstream: connecting timed out")
     reason = os.strerror(refused.errno) if refused.errno else str(refused)
-    return f"could not reach the upstream: {reason}"
+    return UpstreamUnreachable(f"could not reach the upstream: {reason}")
 
 
-def _describe(exc: openai.APIError) -> str:
-    """A one-line reason a reader can act on."""
-    if isinstance(exc, openai.APIStatusError):
-        return f"upstream returned HTTP {exc.status_code}: {exc.message}"
+def _api_error(exc: openai.APIError) -> ProviderError:
+    """The SDK's error as ours, with a one-line reason a reader can act on."""
     if isinstance(exc, openai.APITimeoutError):
-        return "upstream timed out"
+        return _timeout_error(exc)
+    if isinstance(exc, openai.APIStatusError):
+        return UpstreamHttpError(exc.status_code, exc.message)
     if isinstance(exc, openai.APIConnectionError):
-        return f"could not reach the upstream: {exc.message}"
-    return f"upstream error: {exc.message}"
+        return UpstreamUnreachable(f"could not reach the upstream: {exc.message}")
+    return ProviderError(f"upstream error: {exc.message}")
