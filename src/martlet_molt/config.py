@@ -37,6 +37,13 @@ class Settings(BaseSettings):
         description="auto: openai when OPENAI_API_KEY or OPENAI_BASE_URL is set, else local.",
     )
     model: str = "gpt-4o-mini"
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict[str, str],
+        description=(
+            "More model names the OpenAI-compatible API serves, each mapped to the upstream's "
+            'name, as JSON: `{"gpt-4o-mini": "qwen2.5:7b"}`.'
+        ),
+    )
     max_tokens: int | None = Field(
         default=None, ge=1, description="Upper bound on tokens per model call, if set."
     )

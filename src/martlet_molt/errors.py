@@ -4,7 +4,8 @@ MartletError                      500
 ├── Unauthorized                  401  (no or wrong API key; answered with WWW-Authenticate)
 ├── NotFound                      404
 │   ├── SessionNotFound
-│   └── RunNotFound
+│   ├── RunNotFound
+│   └── ModelNotFound             (a `model` the gateway does not serve)
 ├── Conflict                      409
 │   ├── SessionBusy               (carries the active run's id)
 │   └── LeaseLost                 (a fenced write by an owner that lost its run; never HTTP)
@@ -77,6 +78,12 @@ class RunNotFound(NotFound):
     """No such run."""
 
     code = "run_not_found"
+
+
+class ModelNotFound(NotFound):
+    """A request named a model the gateway does not serve (`GET /v1/models` lists them)."""
+
+    code = "model_not_found"
 
 
 class Conflict(MartletError):

@@ -15,7 +15,8 @@ import pytest
 from starlette.types import Message
 
 from martlet_molt.core.stream_buffer import EventKind, StreamBuffer
-from martlet_molt.gateway.sse import BATCH_EVENTS, SseFormat, SseResponse, encode_json
+from martlet_molt.gateway.native_events import SseFormat, encode_json, native_encoder
+from martlet_molt.gateway.sse import BATCH_EVENTS, SseResponse
 from martlet_molt.metrics import Metrics
 from tests.conftest import GatewayFactory, script
 from tests.fake_upstream import FakeUpstream
@@ -194,7 +195,7 @@ async def test_a_lagging_reader_gets_every_event_in_bounded_sends_and_leaves_no_
     client = Client()
     before = asyncio.all_tasks()
     response = SseResponse(
-        log, after=0, wire_format=SseFormat.JSON, ping_seconds=5.0, metrics=metrics
+        log, encoder=native_encoder(SseFormat.JSON, 0), ping_seconds=5.0, metrics=metrics
     )
     await asyncio.wait_for(
         response({"type": "http", "method": "GET"}, client.receive, client.send), 10
@@ -229,7 +230,7 @@ async def test_a_hang_up_during_silence_ends_the_reader_once_and_leaves_the_run_
     client = Client()
     before = asyncio.all_tasks()
     response = SseResponse(
-        log, after=0, wire_format=SseFormat.TEXT, ping_seconds=0.05, metrics=metrics
+        log, encoder=native_encoder(SseFormat.TEXT, 0), ping_seconds=0.05, metrics=metrics
     )
     reader = asyncio.ensure_future(
         response({"type": "http", "method": "GET"}, client.receive, client.send)

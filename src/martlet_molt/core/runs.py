@@ -124,6 +124,7 @@ class RunManager:
             self.broker.on_cancel(self._cancel_here)
             self.broker.on_forget(self._forget_here)
         self.metrics.watch_active_runs(lambda: len(self._tasks))
+        self.started_at = int(time.time())
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -513,6 +514,10 @@ class RunManager:
             index=record.events,
         )
 
+    async def get_record(self, run_id: str, principal: str) -> RunRecord:
+        """The run as saved (404 for another principal's)."""
+        return await self._get_record(run_id, principal)
+
     async def _get_record(self, run_id: str, principal: str) -> RunRecord:
         record = await self.store.get_run(run_id)
         if record is None or record.principal != principal:
@@ -575,6 +580,15 @@ class RunManager:
         for run_id in self.logs.run_ids_of_session(session_id):
             self.logs.remove(run_id)
         logger.info("session {} deleted", session_id)
+
+    async def delete_run(self, run_id: str, principal: str) -> None:
+        """Cancel a run if it is still going, then delete it and its messages everywhere."""
+        await self.cancel(run_id, principal)
+        await self.store.delete_run(run_id)
+        with contextlib.suppress(BrokerUnavailable):  # if so, the keys expire by themselves
+            await self.broker.forget([run_id])
+        self.logs.remove(run_id)
+        logger.info("run {} deleted", run_id)
 
     @property
     def running_count(self) -> int:

@@ -1,5 +1,7 @@
-"""Every error answer of the HTTP API, rendered in one place, in one shape:
-`{"error": {"code", "message", "details"}}`.
+"""Every error answer of the HTTP API, rendered in one place: the native shape
+`{"error": {"code", "message", "details"}}`, and under `/v1/` (OpenAI's API) OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}`, where a request that does not fit the schema
+is a 400 (OpenAI's status), not a 422.
 
 - `martlet_error` answers the domain's own errors (`martlet_molt.errors`), each with its status.
 - `invalid_request` answers FastAPI's `RequestValidationError` (wrong types, unknown or missing
@@ -35,19 +37,47 @@ MAX_ECHO_CHARS = 200
 """An input is echoed back in `details.errors` only if its JSON is at most this long."""
 
 
-def error_response(error: MartletError) -> JSONResponse:
-    """The JSON answer for an error: `{"error": {"code", "message", "details"}}`."""
-    return JSONResponse(
-        status_code=error.status_code,
-        content={"error": {"code": error.code, "message": error.message, "details": error.details}},
-        headers=error.headers or None,
-    )
+OPENAI_PREFIX = "/v1/"
+"""Paths under it speak OpenAI's protocol, errors included."""
 
 
-async def martlet_error(_: Request, exc: Exception) -> JSONResponse:
+def _openai_type(status: int) -> str:
+    """OpenAI's error `type` for a status."""
+    if status == 401:
+        return "authentication_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def error_response(error: MartletError, *, openai: bool = False) -> JSONResponse:
+    """The JSON answer for an error, in the native shape or (`openai`) in OpenAI's."""
+    if not openai:
+        content = {
+            "error": {"code": error.code, "message": error.message, "details": error.details}
+        }
+        return JSONResponse(content, error.status_code, headers=error.headers or None)
+    status = 400 if error.status_code == 422 else error.status_code
+    param = error.details.get("param")
+    body = {
+        "message": error.message,
+        "type": _openai_type(status),
+        "param": param if isinstance(param, str) else None,
+        "code": error.code,
+    }
+    return JSONResponse({"error": body}, status, headers=error.headers or None)
+
+
+def _speaks_openai(request: Request) -> bool:
+    return request.url.path.startswith(OPENAI_PREFIX)
+
+
+async def martlet_error(request: Request, exc: Exception) -> JSONResponse:
     """The answer to an error the gateway raised on purpose."""
     assert isinstance(exc, MartletError)
-    return error_response(exc)
+    return error_response(exc, openai=_speaks_openai(request))
 
 
 # -- validation errors ----------------------------------------------------------------------
@@ -174,7 +204,11 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     errors: Sequence[Mapping[str, Any]] = exc.errors()
     content_type = _not_json(request.headers.get("content-type"))
     error = InvalidRequest(summarize(errors, content_type), errors=[_jsonable(e) for e in errors])
-    return error_response(error)
+    if _speaks_openai(request):
+        loc: Sequence[Any] = tuple(errors[0].get("loc", ())) if errors else ()
+        param = ".".join(str(part) for part in loc[1:]) if len(loc) > 1 else None
+        error = InvalidRequest(error.message, param=param)
+    return error_response(error, openai=_speaks_openai(request))
 
 
 # -- other HTTP errors ----------------------------------------------------------------------
@@ -202,7 +236,7 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     cause = exc.__cause__
     if exc.status_code == 400 and exc.detail == FASTAPI_BODY_ERROR and cause is not None:
-        return error_response(InvalidRequest(_undecodable(cause)))
+        return error_response(InvalidRequest(_undecodable(cause)), openai=_speaks_openai(request))
     try:
         code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
     except ValueError:
@@ -214,6 +248,9 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"{request.method} is not allowed on {path}"
     else:
         message = _clip(exc.detail, 500)
+    if _speaks_openai(request):
+        body = {"message": message, "type": _openai_type(exc.status_code), "param": None}
+        return JSONResponse({"error": {**body, "code": code}}, exc.status_code, exc.headers)
     return JSONResponse(
         status_code=exc.status_code,
         content={"error": {"code": code, "message": message, "details": {}}},

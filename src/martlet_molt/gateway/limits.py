@@ -13,7 +13,7 @@ from collections import deque
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from martlet_molt.errors import BodyTooLarge
-from martlet_molt.gateway.error_responses import error_response
+from martlet_molt.gateway.error_responses import OPENAI_PREFIX, error_response
 
 # -- body size ------------------------------------------------------------------------------
 
@@ -83,4 +83,5 @@ class BodyLimit:
                 max_body_bytes=limit,
                 content_length=declared,
             )
-        await error_response(error)(scope, receive, send)
+        openai = str(scope.get("path", "")).startswith(OPENAI_PREFIX)
+        await error_response(error, openai=openai)(scope, receive, send)

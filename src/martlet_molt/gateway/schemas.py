@@ -111,6 +111,21 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class OpenAIErrorDetail(BaseModel):
+    """OpenAI's error body, under `/v1/`."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error answer under `/v1/` has OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
 class HealthResponse(BaseModel):
     """Liveness and what answers."""
 

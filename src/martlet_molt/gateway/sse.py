@@ -1,10 +1,6 @@
-"""Server-Sent Events: how stream log events go on the wire, in two formats.
-
-`text` is the handoff's format, so its frontend needs no change: each delta is one event whose
-text sits in `data:` lines split at every line break, which an EventSource joins back with
-`\\n`; the end is `data: [DONE]`, a failure `data: [ERROR] <reason>`. `json` carries every
-event kind, with text exact to the character (JSON escapes line breaks). Both give each event
-`id: <seq>` so a client resumes with `Last-Event-ID`.
+"""Server-Sent Events: one stream log read by one client, in the wire format its encoder
+(`SseEncoder`) writes: the native `text` and `json` formats (`gateway/native_events.py`),
+OpenAI's Responses events and chat completion chunks (`gateway/openai/`).
 
 A reader writes what is available in one send (one batch per wake-up, at most `BATCH_EVENTS`
 events), never one send per token, and keeps the connection alive with `: ping` comments while
@@ -24,21 +20,18 @@ cost, measured in process, ~0.5 ms of CPU per reader and ~15 µs per event, agai
 from __future__ import annotations
 
 import asyncio
-import json
-import re
-from collections.abc import Callable, Mapping, Sequence
-from enum import StrEnum
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from loguru import logger
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from martlet_molt.core.stream_buffer import EventKind, RunEvent
+from martlet_molt.core.stream_buffer import RunEvent
 from martlet_molt.core.stream_log import StreamLog
+from martlet_molt.gateway.native_events import SseFormat, native_encoder
 from martlet_molt.metrics import Metrics
-
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -50,88 +43,23 @@ BATCH_EVENTS = 512
 _PING: Message = {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
 
 
-class SseFormat(StrEnum):
-    """The wire formats a reader can ask for with `?format=`."""
+class SseEncoder(Protocol):
+    """One reader's wire format: turns the log's events into SSE frames. It may keep state
+    from one batch to the next (numbering, what it has opened), so each reader has its own,
+    made for the cursor the reader resumes from."""
 
-    TEXT = "text"
-    JSON = "json"
+    @property
+    def after(self) -> int:
+        """The log `seq` to read from."""
+        ...
 
+    def opening(self) -> str:
+        """Frames that go out before any of the log's events ("" for none)."""
+        ...
 
-def _data_lines(text: str) -> str:
-    if "\n" not in text and "\r" not in text:
-        return f"data: {text}\n"
-    return "".join(f"data: {line}\n" for line in _LINE_BREAK.split(text))
-
-
-def _one_line(text: str) -> str:
-    return _LINE_BREAK.sub(" ", text)
-
-
-def _end_reason(event: RunEvent) -> str | None:
-    """None for a successful end, else the reason readers are given."""
-    data = event.data or {}
-    if data.get("status") == "completed":
-        return None
-    return str(data.get("error") or data.get("status") or "failed")
-
-
-def _looks_like_a_marker(text: str) -> bool:
-    return text == "[DONE]" or text.startswith("[ERROR]")
-
-
-def encode_text(events: Sequence[RunEvent]) -> str:
-    """The handoff's format: text deltas, then `[DONE]` or `[ERROR] <reason>`.
-
-    A delta that would read as a marker (the model wrote `[DONE]`) goes out as two events,
-    `[` and the rest, so no client mistakes it for the end; joined, the text is unchanged.
-    Only the second carries the id, so a resume never skips a part.
-    """
-    parts: list[str] = []
-    for event in events:
-        if event.kind is EventKind.DELTA:
-            text = event.text
-            if _looks_like_a_marker(text):
-                parts.append(f"{_data_lines(text[:1])}\n")
-                text = text[1:]
-            parts.append(f"id: {event.seq}\n{_data_lines(text)}\n")
-        elif event.kind is EventKind.END:
-            reason = _end_reason(event)
-            marker = "[DONE]" if reason is None else f"[ERROR] {_one_line(reason)}"
-            parts.append(f"id: {event.seq}\ndata: {marker}\n\n")
-    return "".join(parts)
-
-
-def _json(payload: object) -> str:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-
-
-def encode_json(events: Sequence[RunEvent]) -> str:
-    """Every event kind as a named event with a JSON body; the last one is `done`."""
-    parts: list[str] = []
-    for event in events:
-        if event.kind is EventKind.DELTA:
-            body = _json({"text": event.text})
-            parts.append(f"id: {event.seq}\nevent: delta\ndata: {body}\n\n")
-        elif event.kind is EventKind.END:
-            data = event.data or {}
-            body = _json(
-                {
-                    "status": data.get("status"),
-                    "usage": data.get("usage"),
-                    "error": data.get("error"),
-                }
-            )
-            parts.append(f"id: {event.seq}\nevent: done\ndata: {body}\n\n")
-        else:
-            body = _json(dict(event.data or {}))
-            parts.append(f"id: {event.seq}\nevent: {event.kind.value}\ndata: {body}\n\n")
-    return "".join(parts)
-
-
-ENCODERS: dict[SseFormat, Callable[[Sequence[RunEvent]], str]] = {
-    SseFormat.TEXT: encode_text,
-    SseFormat.JSON: encode_json,
-}
+    def encode(self, events: Sequence[RunEvent]) -> str:
+        """The frames for one batch of events, in order."""
+        ...
 
 
 def _watch_for_hang_up(receive: Receive) -> asyncio.Task[None]:
@@ -159,8 +87,7 @@ class SseResponse(Response):
         self,
         log: StreamLog,
         *,
-        after: int,
-        wire_format: SseFormat,
+        encoder: SseEncoder,
         ping_seconds: float,
         headers: Mapping[str, str] | None = None,
         metrics: Metrics | None = None,
@@ -169,8 +96,7 @@ class SseResponse(Response):
         self.status_code = status_code
         self.background: BackgroundTask | None = None  # FastAPI may set it; runs after
         self.log = log
-        self.after = after
-        self.encode = ENCODERS[wire_format]
+        self.encoder = encoder
         self.ping_seconds = ping_seconds
         self.metrics = metrics
         # The content type goes in as a header, not as the class's `media_type`, so FastAPI
@@ -191,7 +117,9 @@ class SseResponse(Response):
         log, metrics = self.log, self.metrics
         reader_logger = logger.bind(session_id=log.session_id)
         hung_up = _watch_for_hang_up(receive)
-        reader_logger.debug("reader connected to run {} after seq {}", log.run_id, self.after)
+        reader_logger.debug(
+            "reader connected to run {} after seq {}", log.run_id, self.encoder.after
+        )
         if metrics is not None:
             metrics.reader_connected()
         finished = False
@@ -210,7 +138,10 @@ class SseResponse(Response):
     async def _send_events(self, send: Send, hung_up: asyncio.Task[None]) -> bool:
         """Write the log from the cursor on; True once the end event went out (with the end
         of the body, in one write), False if the client hung up first."""
-        log, encode, cursor = self.log, self.encode, self.after
+        log, encode, cursor = self.log, self.encoder.encode, self.encoder.after
+        opening = self.encoder.opening()
+        if opening:
+            await send({"type": "http.response.body", "body": opening.encode(), "more_body": True})
         while not hung_up.done():
             batch = log.events_after(cursor, limit=BATCH_EVENTS)
             if batch:
@@ -246,12 +177,12 @@ def sse_response(
     headers: dict[str, str] | None = None,
     metrics: Metrics | None = None,
 ) -> SseResponse:
-    """An SSE response reading `log` from `after`: replay, then live, until the end event.
-    `metrics`, if given, counts the reader while it is connected and a hang-up."""
+    """An SSE response reading `log` from `after` in a native format: replay, then live,
+    until the end event. `metrics`, if given, counts the reader while it is connected and a
+    hang-up."""
     return SseResponse(
         log,
-        after=after,
-        wire_format=wire_format,
+        encoder=native_encoder(wire_format, after),
         ping_seconds=ping_seconds,
         headers=headers,
         metrics=metrics,

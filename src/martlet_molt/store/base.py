@@ -253,6 +253,11 @@ class Store(Protocol):
         """A session's messages in order."""
         ...
 
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a finished run and its messages, and its session if no other run is left;
+        False if there was no such run."""
+        ...
+
     async def delete_session(self, session_id: str) -> bool:
         """Delete a session with its messages and runs; False if it did not exist."""
         ...

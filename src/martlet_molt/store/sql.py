@@ -531,6 +531,24 @@ class SqlStore:
 
         return await self._read(work)
 
+    async def delete_run(self, run_id: str) -> bool:
+        """Delete a finished run and its messages; its session too if no other run is left."""
+
+        def work(conn: Connection) -> bool:
+            session_id = conn.scalar(select(runs.c.session_id).where(runs.c.run_id == run_id))
+            if session_id is None:
+                return False
+            conn.execute(delete(messages_table).where(messages_table.c.run_id == run_id))
+            conn.execute(delete(runs).where(runs.c.run_id == run_id))
+            others = select(runs.c.run_id).where(runs.c.session_id == session_id).limit(1)
+            if conn.scalar(others) is None:
+                conn.execute(
+                    delete(sessions_table).where(sessions_table.c.session_id == session_id)
+                )
+            return True
+
+        return await self._write(work)
+
     async def delete_session(self, session_id: str) -> bool:
         """Delete a session; its messages and runs go with it (ON DELETE CASCADE)."""
         statement = delete(sessions_table).where(sessions_table.c.session_id == session_id)

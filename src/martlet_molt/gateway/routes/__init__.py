@@ -1,15 +1,24 @@
 """The HTTP API, one module per concern: chat (asking), runs (state, resume, cancel), sessions,
-health. Every handler is thin: it validates, asks the run manager or the store, and shapes the
-answer. Streaming handlers only read a run's log; they never own the run."""
+health, and OpenAI's protocol under `/v1` (responses, chat_completions, models). Every handler
+is thin: it validates, asks the run manager or the store, and shapes the answer. Streaming
+handlers only read a run's log; they never own the run."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from martlet_molt.gateway.routes import chat, health, runs, sessions
+from martlet_molt.gateway.routes import (
+    chat,
+    chat_completions,
+    health,
+    models,
+    responses,
+    runs,
+    sessions,
+)
 
 router = APIRouter()
-for module in (chat, runs, sessions, health):
+for module in (chat, runs, sessions, health, responses, chat_completions, models):
     router.include_router(module.router)
 
 __all__ = ["router"]

@@ -9,9 +9,10 @@ from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.runs import RunManager
 from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.errors import InvalidRequest
+from martlet_molt.gateway.native_events import SseFormat
 from martlet_molt.gateway.routes.deps import ERRORS, CurrentSettings, Principal, Runs, WireFormat
 from martlet_molt.gateway.schemas import ChatRequest, ChatResponse
-from martlet_molt.gateway.sse import SseFormat, SseResponse, sse_response
+from martlet_molt.gateway.sse import SseResponse, sse_response
 
 router = APIRouter(responses=ERRORS)
 

@@ -8,14 +8,19 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 
 from martlet_molt.config import Settings
-from martlet_molt.core.runs import RunManager
+from martlet_molt.core.runs import PROVIDER_HINT, RunManager
 from martlet_molt.core.session import SESSION_ID_PATTERN
+from martlet_molt.errors import ProviderNotConfigured
 from martlet_molt.gateway.auth import require_principal, require_stream_principal
-from martlet_molt.gateway.schemas import ErrorResponse
-from martlet_molt.gateway.sse import SseFormat
+from martlet_molt.gateway.native_events import SseFormat
+from martlet_molt.gateway.openai.served_models import ServedModels
+from martlet_molt.gateway.schemas import ErrorResponse, OpenAIErrorResponse
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 429, 503)
+}
+OPENAI_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": OpenAIErrorResponse} for code in (400, 401, 404, 409, 413, 429, 502, 503)
 }
 
 # Dependencies are `async def`: FastAPI runs a plain `def` dependency in a worker thread, a
@@ -32,6 +37,13 @@ async def get_settings(request: Request) -> Settings:
     """The app's settings."""
     settings: Settings = request.app.state.settings
     return settings
+
+
+def served_models(runs: RunManager, settings: Settings) -> ServedModels:
+    """The models the OpenAI-compatible API serves (503 while no provider is configured)."""
+    if runs.provider is None:
+        raise ProviderNotConfigured(PROVIDER_HINT)
+    return ServedModels(runs.provider.model, settings.model_aliases)
 
 
 Runs = Annotated[RunManager, Depends(get_runs)]

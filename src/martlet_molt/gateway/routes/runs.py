@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Query
 
 from martlet_molt.core.run_view import RunView
 from martlet_molt.errors import InvalidRequest
+from martlet_molt.gateway.native_events import SseFormat
 from martlet_molt.gateway.routes.deps import (
     ERRORS,
     CurrentSettings,
@@ -17,7 +18,7 @@ from martlet_molt.gateway.routes.deps import (
     WireFormat,
 )
 from martlet_molt.gateway.schemas import RunResponse
-from martlet_molt.gateway.sse import SseFormat, SseResponse, sse_response
+from martlet_molt.gateway.sse import SseResponse, sse_response
 
 MAX_SEQ_DIGITS = 18
 """A `seq` fits in 18 digits; longer ids are rejected before any conversion."""
@@ -45,7 +46,7 @@ async def get_run(run_id: str, runs: Runs, principal: Principal) -> RunResponse:
     return _run_response(await runs.get_run(run_id, principal))
 
 
-def _resume_point(after: int | None, last_event_id: str | None) -> int:
+def resume_point(after: int | None, last_event_id: str | None) -> int:
     """Where a reader resumes: the later of `?after=` and `Last-Event-ID`."""
     point = after or 0
     if last_event_id is not None and last_event_id.strip():
@@ -67,7 +68,7 @@ async def stream_run(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> SseResponse:
     """A run's events: replayed from `after` (or `Last-Event-ID`), then live, until its end."""
-    point = _resume_point(after, last_event_id)
+    point = resume_point(after, last_event_id)
     log = await runs.get_log(run_id, principal, point)
     if point > log.last_seq:
         raise InvalidRequest(

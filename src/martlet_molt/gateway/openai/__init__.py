@@ -1,0 +1,1 @@
+"""OpenAI's protocol in front of martlet runs: Responses and Chat Completions."""
