@@ -23,6 +23,7 @@ from bench.harness import Context
 from bench.procs import ROOT
 from bench.scenarios_cluster import several_instances
 from bench.scenarios_local import local_model
+from bench.scenarios_openai import openai_front_door
 from bench.scenarios_relay import long_replies, relay, ttft
 from bench.scenarios_runs import fanout, resume
 from bench.scenarios_scale import concurrency
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Context], None]]] = {
     "7": ("long replies", long_replies),
     "8": ("local model, direct vs through the gateway", local_model),
     "9": ("several instances (Redis + PostgreSQL) beside one embedded", several_instances),
+    "10": ("OpenAI front door vs native", openai_front_door),
 }
 ALIASES = {"0": "2"}
 
@@ -47,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Run the benchmark suite.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
     parser.add_argument(
-        "--only", default="", help="comma-separated scenario numbers (0-9), default all"
+        "--only", default="", help="comma-separated scenario numbers (0-10), default all"
     )
     parser.add_argument(
         "--profile",
@@ -73,7 +75,7 @@ def selected(only: str) -> list[str]:
     keys = [ALIASES.get(k.strip(), k.strip()) for k in only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SCENARIOS]
     if unknown:
-        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; choose from 0-9")
+        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; choose from 0-10")
     return [k for k in SCENARIOS if k in keys]
 
 

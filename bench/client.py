@@ -26,6 +26,9 @@ JOB_NAMES = (
     "resume_across",
     "cancel_across",
     "spread",
+    "api_ttft",
+    "api_streams",
+    "api_saved",
 )
 
 
@@ -37,6 +40,7 @@ def _jobs() -> dict[str, Callable[..., Awaitable[dict[str, Any]]]]:
         job_resume_across,
         job_spread,
     )
+    from bench.jobs_openai import job_api_saved, job_api_streams, job_api_ttft
     from bench.jobs_runs import job_fanout, job_resume, job_storm
 
     return {
@@ -51,6 +55,9 @@ def _jobs() -> dict[str, Callable[..., Awaitable[dict[str, Any]]]]:
         "resume_across": job_resume_across,
         "cancel_across": job_cancel_across,
         "spread": job_spread,
+        "api_ttft": job_api_ttft,
+        "api_streams": job_api_streams,
+        "api_saved": job_api_saved,
     }
 
 

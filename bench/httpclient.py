@@ -1,9 +1,11 @@
 """A small HTTP/1.1 client for load: one asyncio protocol per connection, httptools parsing.
 
 The same code reads the gateway and the upstream directly, so a ratio between the two measures
-the servers, not two different clients. Each response is read on a fresh connection
-(`Connection: close`). Arrival times are taken once per socket read (`time.monotonic()`,
-which is CLOCK_MONOTONIC and so comparable with the upstream's send stamps).
+the servers, not two different clients: the gateway's native `text` format, OpenAI chat chunks
+and OpenAI Responses events, each parsed as far as finding every text delta and the end. Each
+response is read on a fresh connection (`Connection: close`). Arrival times are taken once per
+socket read (`time.monotonic()`, which is CLOCK_MONOTONIC and so comparable with the upstream's
+send stamps).
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ from typing import Any, cast
 
 import httptools
 
+_RESPONSE_ENDS = frozenset(
+    {"response.completed", "response.incomplete", "response.failed", "error"}
+)
+
 
 class Mode(StrEnum):
     """How a response body is read."""
 
     GATEWAY = "gateway"  # the gateway's `text` SSE: `id:` + `data: <text>`, `[DONE]` at the end
     DIRECT = "direct"  # OpenAI chunks: `data: {json}`, `[DONE]` at the end
+    RESPONSES = "responses"  # OpenAI Responses events; `response.completed` ends the stream
     RAW = "raw"  # any body, kept whole (JSON answers)
 
 
@@ -141,11 +148,14 @@ class _Protocol(asyncio.Protocol):
     def _event(self, block: bytes) -> None:
         data: list[str] = []
         event_id = 0
+        kind = ""
         for line in block.decode().split("\n"):
             if line.startswith("data:"):
                 data.append(line[6:] if line.startswith("data: ") else line[5:])
             elif line.startswith("id:"):
                 event_id = int(line[3:])
+            elif line.startswith("event:"):
+                kind = line[6:].strip()
         if not data:
             return  # a comment (ping)
         payload = "\n".join(data)
@@ -158,6 +168,17 @@ class _Protocol(asyncio.Protocol):
                 self._finish(payload)
                 return
             text = payload
+        elif self.mode is Mode.RESPONSES:
+            if kind in _RESPONSE_ENDS:
+                if kind != "response.completed":
+                    self._finish(f"{kind}: {payload[:300]}")
+                    return
+                self.result.done = True
+                self.result.t_end = self.now
+                return
+            if kind != "response.output_text.delta":
+                return
+            text = json.loads(payload)["delta"]
         else:
             chunk = json.loads(payload)
             choices = chunk.get("choices") or ()
