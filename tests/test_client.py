@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import pty
@@ -21,12 +22,15 @@ from typing import Any
 
 import httpx
 import pytest
+from rich.cells import cell_len
+from rich.console import Console
 from typer.testing import CliRunner
 
+from martlet_molt import terminal
 from martlet_molt.cli import cli
 from martlet_molt.client import ConnectionLost, GatewayClient, StreamEvent
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, Script
 from tests.gateway_server import GatewayServer
 from tests.sse_client import read_sse
 
@@ -36,6 +40,7 @@ TRICKY = ["Hel", "lo,\n", "wörld ", "[DONE]", " **bold**\r\n", "tab\tend"]
 """Chunks whose exact text a careless client would mangle (line breaks, a fake end marker)."""
 
 RUN_ID = re.compile(r"run_[0-9a-f]{32}")
+DURATION = re.compile(r"  \((\d+ ms|\d+\.\d s)\)$")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -290,6 +295,110 @@ async def test_ctrl_c_in_a_terminal_asks_and_cancels(
     assert proc.returncode == 1, err.decode()
     assert f"run {run_id} cancelled" in err.decode()
     assert (await wait_final(gateway.url, run_id))["status"] == "cancelled"
+
+
+# --------------------------------------------------------------------------- tool calls
+
+
+async def test_chat_prints_one_line_per_tool_call(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, model: str
+) -> None:
+    gateway = make_gateway(tools="calculator")
+    upstream.scripts_by_model.pop(model, None)  # the queue below serves this test
+    calls = Script(
+        tool_calls=[
+            {"name": "calculator", "arguments": {"expression": "6*7"}},
+            {"name": "calculator", "arguments": {"expression": "1/0"}},
+        ]
+    )
+    upstream.enqueue(calls, Script(tokens=["It is ", "42."]))
+
+    code, out, err = await run_cli(gateway.url, "chat", "what is 6*7?")
+
+    assert code == 0, err
+    assert out == "It is 42."  # stdout keeps only the reply
+    lines = [line for line in err.splitlines() if line.startswith("🔧")]
+    # The duration is there once results carry `duration_ms`.
+    assert [DURATION.sub("", line) for line in lines] == [
+        "🔧 calculator(6*7) → 42",
+        "🔧 calculator(1/0) failed: division by zero",
+    ]
+
+
+async def test_tool_results_in_any_order_each_on_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls of one round finish in any order; each result prints its own call, cut to the
+    terminal's width with its duration kept."""
+    width = 60
+    stderr = io.StringIO()
+    console = Console(file=stderr, width=width, soft_wrap=True, highlight=False, emoji=False)
+    monkeypatch.setattr(terminal, "err", console)
+    long_args = json.dumps({"q": "x" * 200, "limit": 3})
+    events = [
+        StreamEvent(
+            1, "tool_call", {"id": "a", "name": "calculator", "arguments": '{"expression": "6*7"}'}
+        ),
+        StreamEvent(2, "tool_call", {"id": "b", "name": "search", "arguments": long_args}),
+        StreamEvent(3, "tool_call", {"id": "c", "name": "fetch", "arguments": "{}"}),
+        StreamEvent(
+            4,
+            "tool_result",
+            {
+                "tool_call_id": "b",
+                "name": "search",
+                "content": "found\n" * 100,
+                "status": "done",
+                "duration_ms": 1234,
+            },
+        ),
+        StreamEvent(
+            5,
+            "tool_result",
+            {
+                "tool_call_id": "c",
+                "name": "fetch",
+                "content": "error: offline",
+                "status": "failed",
+                "duration_ms": 7,
+            },
+        ),
+        StreamEvent(
+            6,
+            "tool_result",
+            {
+                "tool_call_id": "a",
+                "name": "calculator",
+                "content": "42",
+                "status": "done",
+                "duration_ms": 412,
+            },
+        ),
+        # As after `attach --after`: a result whose call was not seen.
+        StreamEvent(7, "tool_result", {"tool_call_id": "d", "name": "clock", "content": "noon"}),
+        StreamEvent(8, "done", {"status": "completed"}),
+    ]
+
+    async def stream() -> AsyncIterator[StreamEvent]:
+        for event in events:
+            yield event
+
+    progress = terminal._Progress("http://127.0.0.1:9", None)  # pyright: ignore[reportPrivateUsage]
+    await terminal._render(stream(), terminal.OutputFormat.TEXT, progress)  # pyright: ignore[reportPrivateUsage]
+
+    lines = stderr.getvalue().splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("🔧 search(q=xxx")
+    assert "…) → found found" in lines[0]
+    assert lines[0].endswith("…  (1.2 s)")
+    assert cell_len(lines[0]) == width
+    assert lines[1:] == [
+        "🔧 fetch() failed: offline  (7 ms)",
+        "🔧 calculator(6*7) → 42  (0.4 s)",
+        "🔧 clock → noon",
+    ]
+    assert progress.tool_calls == {}
+    assert progress.end == {"status": "completed"}
 
 
 # --------------------------------------------------------------------------- attach

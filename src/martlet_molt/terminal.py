@@ -16,7 +16,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
@@ -26,6 +26,7 @@ from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from martlet_molt.client import ApiError, ConnectionLost, GatewayClient, GatewayError, StreamEvent
 
@@ -69,6 +70,9 @@ class _Progress:
     end: dict[str, Any] | None = None
     open_line: bool = False
     """The plain text printed so far does not end with a line break."""
+    tool_calls: dict[str, tuple[str, str]] = field(default_factory=dict[str, tuple[str, str]])
+    """The calls without a result yet, by id: (name, arguments). Calls of one round may
+    finish in any order, so each result finds its own call here."""
 
 
 def _out() -> Console:
@@ -119,10 +123,13 @@ async def _render(
                     sys.stdout.flush()
                     progress.open_line = not event.text.endswith(("\n", "\r"))
             elif event.kind == "tool_call":
-                name, arguments = event.data.get("name"), event.data.get("arguments")
-                err.print(f"[dim]tool call {escape(f'{name}({arguments})')}[/dim]")
+                call_id = str(event.data.get("id"))
+                progress.tool_calls[call_id] = (
+                    str(event.data.get("name")),
+                    str(event.data.get("arguments") or ""),
+                )
             elif event.kind == "tool_result":
-                err.print(f"[dim]tool result {escape(str(event.data.get('content')))}[/dim]")
+                _print_tool_result(event.data, progress)
             elif event.kind == "error":
                 err.print(f"[red]error:[/red] {escape(str(event.data.get('message')))}")
             if event.kind == "done":
@@ -130,6 +137,67 @@ async def _render(
     finally:
         if tty_markdown:
             live.stop()
+
+
+def _short_arguments(arguments: str) -> str:
+    """The arguments as the chat page's summary shows them: a lone value as is (`6*7` for
+    `{"expression": "6*7"}`), else `key=value` pairs; anything not a JSON object verbatim."""
+    try:
+        parsed: Any = json.loads(arguments)
+    except ValueError:
+        return arguments
+    if not isinstance(parsed, dict):
+        return arguments
+    values: dict[str, Any] = parsed  # pyright: ignore[reportUnknownVariableType]
+
+    def show(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    if len(values) == 1:
+        return show(next(iter(values.values())))
+    return ", ".join(f"{key}={show(value)}" for key, value in values.items())
+
+
+def _duration(duration_ms: Any) -> str:
+    """'0.4 s', or '12 ms' under a tenth of a second; '' when unknown (older events)."""
+    if isinstance(duration_ms, bool) or not isinstance(duration_ms, int | float) or duration_ms < 0:
+        return ""
+    return f"{round(duration_ms)} ms" if duration_ms < 100 else f"{duration_ms / 1000:.1f} s"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _tool_line(name: str, arguments: str | None, result: dict[str, Any], width: int) -> Text:
+    """One call, finished, in at most `width` cells: `🔧 name(args) → result  (0.4 s)`, or
+    `… failed: reason`. Results carry `status` ("done" | "failed") and `duration_ms`; older
+    ones do not, and a failure is then the tool's `error: ...` text."""
+    content = str(result.get("content") or "")
+    status = result.get("status")
+    failed = status == "failed" or (status != "done" and content.startswith("error:"))
+    duration = _duration(result.get("duration_ms"))
+    suffix = f"  ({duration})" if duration else ""
+    width = max(width, 20)
+    call = f"🔧 {name}"
+    if arguments is not None:
+        # The arguments get at most a third of the line, so the result stays in sight.
+        args = Text(_one_line(_short_arguments(arguments)))
+        args.truncate(max(8, width // 3), overflow="ellipsis")
+        call += f"({args.plain})"
+    outcome = f"failed: {content.removeprefix('error:').strip()}" if failed else f"→ {content}"
+    line = Text(f"{call} {_one_line(outcome)}", style="red" if failed else "dim")
+    line.truncate(max(8, width - len(suffix)), overflow="ellipsis")
+    line.append(suffix)
+    return line
+
+
+def _print_tool_result(data: dict[str, Any], progress: _Progress) -> None:
+    """One line per call, when its result comes (a call still running shows nothing)."""
+    call = progress.tool_calls.pop(str(data.get("tool_call_id")), None)
+    # With `attach --after`, a result may come without its call: its name is in it too.
+    name, arguments = call if call is not None else (str(data.get("name") or "tool"), None)
+    err.print(_tool_line(name, arguments, data, err.width))
 
 
 def _usage_note(usage: Any) -> str:

@@ -272,24 +272,120 @@ function addUserMessage(text) {
   return article;
 }
 
-function toolNote(text) {
-  const note = document.createElement('p');
-  note.className = 'tool-note';
-  note.textContent = text;
-  return note;
-}
-
 function shorten(text, limit = 200) {
   const one = String(text ?? '').replace(/\s+/g, ' ').trim();
   return one.length > limit ? `${one.slice(0, limit)}…` : one;
 }
 
-function callNote(name, args) {
-  return toolNote(`🔧 ${name}(${shorten(args, 120)})`);
+// ---------------------------------------------------------------- tool calls
+//
+// Each call is a <details class="tool" data-call-id data-state="running|done|failed|unfinished">
+// whose summary reads "🔧 name(short args) state duration"; opened, it shows the full
+// arguments and result. Calls of one round may finish in any order, and some providers reuse
+// ids across rounds, so a result goes to the first block with its id that is still running.
+
+function parseArguments(args) {
+  try {
+    return JSON.parse(args);
+  } catch {
+    return undefined;
+  }
 }
 
-function resultNote(name, content) {
-  return toolNote(`↳ ${name || 'tool'}: ${shorten(content)}`);
+/** The summary's form of the arguments: a lone value as is (`6*7` for
+ * {"expression": "6*7"}), else `key=value` pairs; anything not a JSON object verbatim. */
+function shortArguments(args) {
+  const parsed = parseArguments(args);
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) return shorten(args, 80);
+  const show = (value) => (typeof value === 'string' ? value : JSON.stringify(value));
+  const entries = Object.entries(parsed);
+  if (entries.length === 1) return shorten(show(entries[0][1]), 80);
+  return shorten(entries.map(([key, value]) => `${key}=${show(value)}`).join(', '), 80);
+}
+
+function fullArguments(args) {
+  const parsed = parseArguments(args);
+  return parsed === undefined ? String(args ?? '') : JSON.stringify(parsed, null, 2);
+}
+
+/** "0.4 s", or "12 ms" under a tenth of a second; '' when unknown (older events). */
+function formatDuration(ms) {
+  if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) return '';
+  return ms < 100 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** Results carry `status` ("done" | "failed"); older ones do not, and a tool's failure is
+ * then its "error: ..." text. A saved message's run status ("completed") says nothing. */
+function toolFailed(status, content) {
+  if (status === 'failed') return true;
+  if (status === 'done') return false;
+  return String(content ?? '').startsWith('error:');
+}
+
+const TOOL_STATE_TEXT = {
+  running: 'running…',
+  done: 'done',
+  failed: 'failed',
+  unfinished: 'no result',
+};
+
+function part(tag, className, text) {
+  const element = document.createElement(tag);
+  element.className = className;
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+function toolBlock(id, name, args) {
+  const block = part('details', 'tool');
+  if (id) block.dataset.callId = id;
+  const summary = document.createElement('summary');
+  const icon = part('span', 'tool-icon', '🔧');
+  icon.setAttribute('aria-hidden', 'true');
+  summary.append(
+    icon,
+    part('span', 'tool-name', name || 'tool'),
+    part('span', 'tool-args', args === undefined ? '' : `(${shortArguments(args)})`),
+    part('span', 'tool-state'),
+    part('span', 'tool-time'),
+  );
+  const detail = part('div', 'tool-detail');
+  if (args !== undefined) {
+    detail.append(part('p', 'tool-label', 'Arguments'), part('pre', 'tool-arguments', fullArguments(args)));
+  }
+  detail.append(part('p', 'tool-label', 'Result'), part('pre', 'tool-result'));
+  block.append(summary, detail);
+  setToolState(block, 'running');
+  return block;
+}
+
+function setToolState(block, toolState) {
+  block.dataset.state = toolState;
+  block.querySelector('.tool-state').textContent = TOOL_STATE_TEXT[toolState] ?? toolState;
+}
+
+/** The first block of this call id in `container` still waiting for its result, if any. */
+function runningTool(container, id) {
+  const blocks = container.querySelectorAll('details.tool[data-state="running"]');
+  return [...blocks].find((block) => block.dataset.callId === id) || null;
+}
+
+/** Put a result into its call's block; a result whose call is not shown gets a block. */
+function showToolResult(container, { id, name, content, status, durationMs }) {
+  let block = id ? runningTool(container, id) : null;
+  const added = !block;
+  if (added) block = toolBlock(id, name);
+  block.querySelector('.tool-result').textContent = String(content ?? '');
+  block.querySelector('.tool-time').textContent = formatDuration(durationMs);
+  setToolState(block, toolFailed(status, content) ? 'failed' : 'done');
+  return added ? block : null;
+}
+
+/** Calls that will get no result (the run ended, or the history lacks it). */
+function settleTools(container) {
+  for (const block of container.querySelectorAll('details.tool[data-state="running"]')) {
+    setToolState(block, 'unfinished');
+  }
 }
 
 const STATE_TEXT = {
@@ -331,13 +427,25 @@ function addSavedMessage(message) {
     addUserMessage(message.content);
     return;
   }
+  const last = els.conversation.lastElementChild;
+  const lastAssistant = last && last.classList.contains('assistant') ? last : null;
   if (message.role === 'tool') {
-    const last = els.conversation.lastElementChild;
-    const target = last && last.classList.contains('assistant') ? last : addArticle('assistant', 'Assistant');
-    target.querySelector('.msg-body').append(resultNote(message.name, message.content));
+    const target = lastAssistant || addArticle('assistant', 'Assistant');
+    const body = target.querySelector('.msg-body');
+    const added = showToolResult(body, {
+      id: message.tool_call_id,
+      name: message.name,
+      content: message.content,
+      status: message.status,
+      durationMs: message.duration_ms,
+    });
+    if (added) body.append(added);
     return;
   }
-  const article = addArticle('assistant', 'Assistant');
+  // A run's tool rounds and its reply are saved as several messages: shown as one reply, as
+  // they were while it streamed.
+  const sameRun = lastAssistant && message.run_id && lastAssistant.dataset.runId === message.run_id;
+  const article = sameRun ? lastAssistant : addArticle('assistant', 'Assistant');
   if (message.run_id) article.dataset.runId = message.run_id;
   const body = article.querySelector('.msg-body');
   if (message.content) {
@@ -348,7 +456,7 @@ function addSavedMessage(message) {
   }
   for (const call of message.tool_calls || []) {
     const fn = call.function || call;
-    body.append(callNote(fn.name, fn.arguments));
+    body.append(toolBlock(call.id, fn.name, fn.arguments));
   }
   setArticleState(article, message.status || 'completed');
   if ((message.status === 'failed' || message.status === 'interrupted') && message.run_id) {
@@ -409,11 +517,9 @@ class ReplyStream {
     };
     source.addEventListener('delta', (e) => this.handle(e, (d) => this.addText(d.text)));
     source.addEventListener('tool_call', (e) =>
-      this.handle(e, (d) => this.addNote(callNote(d.name, d.arguments))),
+      this.handle(e, (d) => this.addNote(toolBlock(d.id, d.name, d.arguments))),
     );
-    source.addEventListener('tool_result', (e) =>
-      this.handle(e, (d) => this.addNote(resultNote(d.name, d.content))),
-    );
+    source.addEventListener('tool_result', (e) => this.handle(e, (d) => this.addResult(d)));
     source.addEventListener('done', (e) => this.handle(e, (d) => this.finish(d.status, d.error)));
     // `error` is both the server's `event: error` (a MessageEvent with data) and the
     // EventSource's own connection error (a plain Event).
@@ -459,6 +565,17 @@ class ReplyStream {
     this.flush();
     this.textPart = null;
     this.body.append(note);
+  }
+
+  addResult(data) {
+    const added = showToolResult(this.body, {
+      id: data.tool_call_id,
+      name: data.name,
+      content: data.content,
+      status: data.status,
+      durationMs: data.duration_ms,
+    });
+    if (added) this.addNote(added);
   }
 
   scheduleRender() {
@@ -527,6 +644,7 @@ class ReplyStream {
 
   finish(status, error) {
     this.flush();
+    settleTools(this.body);
     clearTimeout(this.retryTimer);
     if (this.source) this.source.close();
     this.source = null;
@@ -594,6 +712,7 @@ async function openSession(sessionId, { force = false } = {}) {
     if (active && message.role !== 'user' && message.run_id === active) continue;
     addSavedMessage(message);
   }
+  settleTools(els.conversation);
   const firstUser = detail.messages.find((m) => m.role === 'user');
   if (firstUser) rememberTitle(sessionId, firstUser.content);
   document.title = `${readTitles()[sessionId] || sessionId} · martlet_molt`;
