@@ -427,6 +427,11 @@ class FakeUpstream:
         with self._cond:
             self._queue.extend(scripts)
 
+    def clear_queue(self) -> None:
+        """Forget queued scripts no request took (a run that ended early leaves some)."""
+        with self._cond:
+            self._queue.clear()
+
     def clear(self) -> None:
         """Forget queued scripts and all recorded requests/counters."""
         with self._cond:

@@ -22,7 +22,6 @@ from martlet_molt.broker.base import create_broker
 from martlet_molt.config import Settings
 from martlet_molt.core.recovery import interrupt_orphaned_runs
 from martlet_molt.core.runs import RunManager
-from martlet_molt.core.tools import build_registry
 from martlet_molt.errors import MartletError, SettingsRefused
 from martlet_molt.gateway.auth import ApiKeys
 from martlet_molt.gateway.error_responses import http_error, invalid_request, martlet_error
@@ -30,6 +29,7 @@ from martlet_molt.gateway.limits import BodyLimit
 from martlet_molt.gateway.routes import router
 from martlet_molt.providers.configured import open_provider
 from martlet_molt.store.base import create_store
+from martlet_molt.tools.catalog import open_tools
 from martlet_molt.web import mount_web
 
 
@@ -67,11 +67,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             provider = await stack.enter_async_context(open_provider(settings))
             if provider is not None:
                 logger.info("provider {} with model {}", provider.name, provider.model)
+            tools, tool_servers = await open_tools(settings, stack)
+            app.state.tool_servers = tool_servers
             runs = RunManager(
                 settings=settings,
                 store=store,
                 provider=provider,
-                tools=build_registry(settings.enabled_tools),
+                tools=tools,
                 broker=broker,
                 owner=owner,
             )

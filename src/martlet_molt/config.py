@@ -59,6 +59,16 @@ class Settings(BaseSettings):
         description="Comma-separated built-in tools to enable: current_time, calculator.",
     )
     max_tool_rounds: int = Field(default=8, ge=1, le=64)
+    mcp_config: str | None = Field(
+        default=None,
+        description="A JSON file of MCP servers whose tools the model may call (`mcpServers`).",
+    )
+    tool_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Longest one tool call may take; then the model is told."
+    )
+    tool_result_max_chars: int = Field(
+        default=20_000, ge=100, description="A longer tool result is cut, saying so."
+    )
     upstream_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Connect and send timeout towards the upstream."
     )

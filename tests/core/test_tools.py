@@ -17,10 +17,15 @@ from martlet_molt.core.tools import (
     Tool,
     ToolRegistry,
     build_registry,
-    calculator,
     current_time,
     evaluate_arithmetic,
 )
+
+
+async def _calculate(expression: str) -> str:
+    """The calculator as the model calls it: a failure is its `error: ...` text."""
+    return await BUILTIN_TOOLS["calculator"].invoke(json.dumps({"expression": expression}))
+
 
 # --- sample tools -------------------------------------------------------------------
 
@@ -239,7 +244,7 @@ async def test_tool_raising_becomes_error_string() -> None:
 @pytest.mark.asyncio
 async def test_tool_timeout() -> None:
     tool = Tool.from_function(sleepy, timeout=0.05)
-    assert await tool.invoke('{"seconds": 5}') == "error: tool timed out"
+    assert await tool.invoke('{"seconds": 5}') == "error: tool timed out after 0.05 s"
     assert await tool.invoke('{"seconds": 0}') == "awake"
 
 
@@ -341,7 +346,7 @@ def test_build_registry_unknown_name_lists_valid_choices() -> None:
     ],
 )
 async def test_calculator_correctness(expression: str, expected: str) -> None:
-    assert await calculator(expression) == expected
+    assert await _calculate(expression) == expected
 
 
 @pytest.mark.asyncio
@@ -369,7 +374,7 @@ async def test_calculator_correctness(expression: str, expected: str) -> None:
     ],
 )
 async def test_calculator_rejects_non_arithmetic(expression: str, fragment: str) -> None:
-    result = await calculator(expression)
+    result = await _calculate(expression)
     assert result.startswith("error: ")
     assert fragment in result
 
@@ -392,27 +397,27 @@ async def test_calculator_rejects_non_arithmetic(expression: str, fragment: str)
     ],
 )
 async def test_calculator_rejects_resource_abuse(expression: str) -> None:
-    result = await calculator(expression)
+    result = await _calculate(expression)
     assert result.startswith("error: ")
 
 
 @pytest.mark.asyncio
 async def test_calculator_allows_results_up_to_the_limit() -> None:
-    assert await calculator("10 ** 999") == "1" + "0" * 999
-    assert await calculator("2 ** 1000 // 2 ** 999") == "2"
+    assert await _calculate("10 ** 999") == "1" + "0" * 999
+    assert await _calculate("2 ** 1000 // 2 ** 999") == "2"
 
 
 @pytest.mark.asyncio
 async def test_calculator_rejects_long_input() -> None:
-    result = await calculator("1+" * 250 + "1")
+    result = await _calculate("1+" * 250 + "1")
     assert result == "error: expression is longer than 500 characters"
-    assert await calculator("1+" * 249 + "1") == "250"
+    assert await _calculate("1+" * 249 + "1") == "250"
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("expression", ["1 / 0", "1 // 0", "5 % 0", "1.0 / 0.0", "0 ** -1"])
 async def test_calculator_division_by_zero(expression: str) -> None:
-    assert await calculator(expression) == "error: division by zero"
+    assert await _calculate(expression) == "error: division by zero"
 
 
 def test_evaluate_arithmetic_returns_numbers() -> None:
@@ -457,8 +462,9 @@ async def test_current_time_in_explicit_zone() -> None:
     "zone", ["Mars/Olympus_Mons", "Europe", "../etc/passwd", "/etc/localtime", ""]
 )
 async def test_current_time_bad_zone(zone: str) -> None:
-    result = await current_time(zone)
-    assert result.startswith("error: unknown time zone")
+    outcome = await BUILTIN_TOOLS["current_time"].call(json.dumps({"timezone": zone}))
+    assert outcome.failed
+    assert outcome.content.startswith("error: unknown time zone")
 
 
 @pytest.mark.asyncio

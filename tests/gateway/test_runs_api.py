@@ -520,7 +520,15 @@ async def test_tool_loop_end_to_end(
         assert tool_call["id"] == call_id
         assert tool_call["name"] == "calculator"
         assert json.loads(tool_call["arguments"]) == {"expression": "6*7"}
-        assert tool_result == {"tool_call_id": call_id, "name": "calculator", "content": "42"}
+        duration = tool_result.pop("duration_ms")
+        assert isinstance(duration, int)
+        assert duration >= 0
+        assert tool_result == {
+            "tool_call_id": call_id,
+            "name": "calculator",
+            "content": "42",
+            "status": "done",
+        }
         assert delta_text(stream.events) == answer.text
         assert stream.events[-1].json()["status"] == "completed"
 

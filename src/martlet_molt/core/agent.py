@@ -18,7 +18,7 @@ from loguru import logger
 
 from martlet_molt.core.status import RunStatus
 from martlet_molt.core.stream_buffer import StreamBuffer
-from martlet_molt.core.tools import ToolRegistry
+from martlet_molt.core.tools import ToolOutcome, ToolRegistry
 from martlet_molt.providers.base import (
     ChatMessage,
     FinishDelta,
@@ -39,11 +39,15 @@ class _PendingToolCall:
     name: str = ""
     arguments: list[str] = field(default_factory=list[str])
 
+    def joined(self) -> str:
+        """The arguments, whole."""
+        return "".join(self.arguments)
+
     def as_openai(self) -> dict[str, Any]:
         return {
             "id": self.call_id,
             "type": "function",
-            "function": {"name": self.name, "arguments": "".join(self.arguments)},
+            "function": {"name": self.name, "arguments": self.joined()},
         }
 
 
@@ -66,6 +70,7 @@ class Agent:
         self.usage: dict[str, int] = {}
         self.finish_reason: str | None = None
         self._round_start = 0
+        self._open_round: tuple[str, list[_PendingToolCall], dict[str, ToolOutcome]] | None = None
 
     async def stream_to_buffer(self, history: Sequence[ChatMessage], buffer: StreamBuffer) -> None:
         """Stream the reply into `buffer` (already started), running tools as the model asks."""
@@ -108,25 +113,40 @@ class Agent:
     async def _run_tools(
         self, calls: list[_PendingToolCall], buffer: StreamBuffer
     ) -> list[ChatMessage]:
+        """Run one round's calls concurrently; each result goes into the log as it comes."""
         text = self.round_text(buffer)
         tool_calls = [call.as_openai() for call in calls]
-        new_messages = [NewMessage("assistant", text, run_id=buffer.run_id, tool_calls=tool_calls)]
+        results: dict[str, ToolOutcome] = {}
+        self._open_round = (text, calls, results)
+        for call in calls:
+            buffer.add_tool_call(call_id=call.call_id, name=call.name, arguments=call.joined())
+            logger.info("run {} calls tool {}", buffer.run_id, call.name)
+
+        async def run(call: _PendingToolCall) -> None:
+            outcome = await self.tools.call(call.name, call.joined())
+            results[call.call_id] = outcome
+            buffer.add_tool_result(
+                call_id=call.call_id,
+                name=call.name,
+                content=outcome.content,
+                failed=outcome.failed,
+                duration_ms=round(outcome.seconds * 1000),
+            )
+
+        await asyncio.gather(*(run(call) for call in calls))
+        self._open_round = None
+        self.finished_rounds.extend(_round_messages(buffer.run_id, text, calls, results))
         context: list[ChatMessage] = [
             {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
         ]
         for call in calls:
-            arguments = "".join(call.arguments)
-            buffer.add_tool_call(call_id=call.call_id, name=call.name, arguments=arguments)
-            logger.info("run {} calls tool {}", buffer.run_id, call.name)
-            result = await self.tools.invoke(call.name, arguments)
-            buffer.add_tool_result(call_id=call.call_id, name=call.name, content=result)
-            new_messages.append(
-                NewMessage(
-                    "tool", result, run_id=buffer.run_id, tool_call_id=call.call_id, name=call.name
-                )
+            context.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call.call_id,
+                    "content": results[call.call_id].content,
+                }
             )
-            context.append({"role": "tool", "tool_call_id": call.call_id, "content": result})
-        self.finished_rounds.extend(new_messages)
         return context
 
     def _add_usage(self, delta: UsageDelta) -> None:
@@ -142,7 +162,13 @@ class Agent:
         return buffer.full_content[self._round_start :]
 
     def messages_to_save(self, buffer: StreamBuffer, status: RunStatus) -> list[NewMessage]:
-        """Everything this run adds to the session: finished tool rounds, then the reply."""
+        """Everything this run adds to the session: finished tool rounds, a round cut short
+        (its calls, with what returned so far), then the reply."""
+        if self._open_round is not None:
+            text, calls, results = self._open_round
+            cut = _round_messages(buffer.run_id, text, calls, results)
+            reply = NewMessage("assistant", "", status=status, run_id=buffer.run_id)
+            return [*self.finished_rounds, *cut, reply]
         reply = NewMessage(
             "assistant",
             buffer.text_from(self._round_start),
@@ -150,3 +176,28 @@ class Agent:
             run_id=buffer.run_id,
         )
         return [*self.finished_rounds, reply]
+
+
+UNANSWERED = "error: the run ended before this tool returned"
+"""The saved result of a call still running when its run ended (every call needs a result
+for the conversation to go on)."""
+
+
+def _round_messages(
+    run_id: str, text: str, calls: list[_PendingToolCall], results: dict[str, ToolOutcome]
+) -> list[NewMessage]:
+    """A tool round as saved: the assistant's calls, then each call's result in call order."""
+    tool_calls = [call.as_openai() for call in calls]
+    messages = [NewMessage("assistant", text, run_id=run_id, tool_calls=tool_calls)]
+    for call in calls:
+        outcome = results.get(call.call_id)
+        messages.append(
+            NewMessage(
+                "tool",
+                UNANSWERED if outcome is None else outcome.content,
+                run_id=run_id,
+                tool_call_id=call.call_id,
+                name=call.name,
+            )
+        )
+    return messages

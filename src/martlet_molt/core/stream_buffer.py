@@ -262,12 +262,22 @@ class StreamBuffer:
             EventKind.TOOL_CALL, data={"id": call_id, "name": name, "arguments": arguments}
         )
 
-    def add_tool_result(self, *, call_id: str, name: str, content: str) -> None:
-        """Record what a tool returned."""
+    def add_tool_result(
+        self,
+        *,
+        call_id: str,
+        name: str,
+        content: str,
+        failed: bool = False,
+        duration_ms: int | None = None,
+    ) -> None:
+        """Record what a tool returned, whether it failed, and how long it took."""
         self._require_streaming()
-        self._append(
-            EventKind.TOOL_RESULT, data={"tool_call_id": call_id, "name": name, "content": content}
-        )
+        data: dict[str, Any] = {"tool_call_id": call_id, "name": name, "content": content}
+        data["status"] = "failed" if failed else "done"
+        if duration_ms is not None:
+            data["duration_ms"] = duration_ms
+        self._append(EventKind.TOOL_RESULT, data=data)
 
     def _closing_events(
         self, status: RunStatus, error: str | None

@@ -14,11 +14,12 @@ import asyncio
 import inspect
 import json
 import re
+import time
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic_core
@@ -31,7 +32,10 @@ __all__ = [
     "DEFAULT_TOOL_TIMEOUT",
     "CalculatorError",
     "Tool",
+    "ToolFailed",
+    "ToolOutcome",
     "ToolRegistry",
+    "ToolSource",
     "build_registry",
     "calculator",
     "current_time",
@@ -44,6 +48,28 @@ DEFAULT_TOOL_TIMEOUT = 10.0
 _TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # what the OpenAI API accepts
 
 ToolFunction = Callable[..., Awaitable[object]]
+
+
+class ToolFailed(Exception):
+    """A tool's own failure, told to the model as `error: <message>` (no exception name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    """What a call gave the model, whether it failed, and how long it took."""
+
+    content: str
+    failed: bool
+    seconds: float
+
+
+class ToolSource(Protocol):
+    """Tools that come and go while the gateway runs (an MCP server's)."""
+
+    @property
+    def tools(self) -> Mapping[str, Tool]:
+        """The tools offered right now, by the name the model sees."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -128,22 +154,32 @@ class Tool:
         }
 
     async def invoke(self, arguments_json: str) -> str:
-        """Run the tool on the model's JSON arguments and return text for the model.
+        """Run the tool on the model's JSON arguments and return text for the model (see
+        `call`)."""
+        return (await self.call(arguments_json)).content
+
+    async def call(self, arguments_json: str) -> ToolOutcome:
+        """Run the tool on the model's JSON arguments.
 
         Never raises except ``asyncio.CancelledError``: bad JSON, invalid
         arguments, a failing tool and exceeding ``timeout`` seconds all become
-        ``"error: ..."`` strings.
+        failed outcomes whose content is an ``"error: ..."`` string.
         """
+        started = time.monotonic()
+
+        def failed(content: str) -> ToolOutcome:
+            return ToolOutcome(content, True, time.monotonic() - started)
+
         try:
             raw: object = json.loads(arguments_json) if arguments_json.strip() else {}
         except json.JSONDecodeError as exc:
-            return f"error: arguments are not valid JSON: {exc}"
+            return failed(f"error: arguments are not valid JSON: {exc}")
         if not isinstance(raw, dict):
-            return "error: arguments must be a JSON object"
+            return failed("error: arguments must be a JSON object")
         try:
             args = self.args_model.model_validate(raw)
         except ValidationError as exc:
-            return f"error: invalid arguments: {_describe_validation_error(exc)}"
+            return failed(f"error: invalid arguments: {_describe_validation_error(exc)}")
 
         deadline = asyncio.timeout(self.timeout)
         try:
@@ -151,21 +187,34 @@ class Tool:
                 result = await self.func(args)
         except TimeoutError as exc:
             if deadline.expired():
-                return "error: tool timed out"
-            return _describe_exception(exc)
+                return failed(f"error: tool timed out after {self.timeout:g} s")
+            return failed(_describe_exception(exc))
         except Exception as exc:
-            return _describe_exception(exc)
+            return failed(_describe_exception(exc))
 
-        if isinstance(result, str):
-            return result
-        return pydantic_core.to_json(result, fallback=str).decode()
+        text = (
+            result
+            if isinstance(result, str)
+            else pydantic_core.to_json(result, fallback=str).decode()
+        )
+        return ToolOutcome(text, False, time.monotonic() - started)
 
 
 class ToolRegistry:
-    """The tools available to a run, by name."""
+    """The tools available to a run, by name: fixed ones (built-ins, plug-ins) and those that
+    sources offer at the moment (MCP servers). A result longer than `max_result_chars` is cut
+    and says so."""
 
-    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+    def __init__(
+        self,
+        tools: Iterable[Tool] = (),
+        *,
+        sources: Iterable[ToolSource] = (),
+        max_result_chars: int | None = None,
+    ) -> None:
         self._tools: dict[str, Tool] = {}
+        self.sources = list(sources)
+        self.max_result_chars = max_result_chars
         for tool in tools:
             self.add(tool)
 
@@ -175,33 +224,52 @@ class ToolRegistry:
             raise ValueError(f"duplicate tool name {tool.name!r}")
         self._tools[tool.name] = tool
 
+    def _current(self) -> dict[str, Tool]:
+        if not self.sources:
+            return self._tools
+        tools = dict(self._tools)
+        for source in self.sources:
+            for name, tool in source.tools.items():
+                tools.setdefault(name, tool)
+        return tools
+
     def get(self, name: str) -> Tool | None:
-        """The tool called ``name``, if registered."""
-        return self._tools.get(name)
+        """The tool called ``name``, if offered now."""
+        return self._current().get(name)
 
     def names(self) -> list[str]:
-        """Registered tool names, in registration order."""
-        return list(self._tools)
+        """The names of the tools offered now, fixed ones first."""
+        return list(self._current())
 
     def specs(self) -> list[dict[str, Any]]:
-        """The OpenAI ``tools=[...]`` list for every registered tool."""
-        return [tool.spec for tool in self._tools.values()]
+        """The OpenAI ``tools=[...]`` list of the tools offered now."""
+        return [tool.spec for tool in self._current().values()]
 
     async def invoke(self, name: str, arguments_json: str) -> str:
         """Call the named tool; unknown names give ``"error: unknown tool NAME"``."""
-        tool = self._tools.get(name)
+        return (await self.call(name, arguments_json)).content
+
+    async def call(self, name: str, arguments_json: str) -> ToolOutcome:
+        """Call the named tool; never raises but `CancelledError` (see `Tool.call`)."""
+        tool = self._current().get(name)
         if tool is None:
-            return f"error: unknown tool {name}"
-        return await tool.invoke(arguments_json)
+            return ToolOutcome(f"error: unknown tool {name}", True, 0.0)
+        outcome = await tool.call(arguments_json)
+        limit = self.max_result_chars
+        if limit is not None and len(outcome.content) > limit:
+            cut = len(outcome.content) - limit
+            content = f"{outcome.content[:limit]}\n[truncated: {cut} more characters]"
+            outcome = ToolOutcome(content, outcome.failed, outcome.seconds)
+        return outcome
 
     def __len__(self) -> int:
-        return len(self._tools)
+        return len(self._current())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._tools
+        return name in self._current()
 
     def __iter__(self) -> Iterator[Tool]:
-        return iter(self._tools.values())
+        return iter(self._current().values())
 
 
 # --- building tools from functions -------------------------------------------------
@@ -252,6 +320,8 @@ def _describe_validation_error(exc: ValidationError) -> str:
 
 
 def _describe_exception(exc: BaseException) -> str:
+    if isinstance(exc, ToolFailed):
+        return f"error: {exc}"
     message = str(exc)
     kind = type(exc).__name__
     return f"error: {kind}: {message}" if message else f"error: {kind}"
@@ -269,7 +339,9 @@ async def current_time(
     try:
         zone = ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        return f"error: unknown time zone {timezone!r}; use an IANA name such as 'Europe/Paris'"
+        raise ToolFailed(
+            f"unknown time zone {timezone!r}; use an IANA name such as 'Europe/Paris'"
+        ) from None
     return datetime.now(zone).isoformat(timespec="seconds")
 
 
@@ -290,9 +362,9 @@ async def calculator(
     try:
         result = evaluate_arithmetic(expression)
     except ZeroDivisionError:
-        return "error: division by zero"
+        raise ToolFailed("division by zero") from None
     except CalculatorError as exc:
-        return f"error: {exc}"
+        raise ToolFailed(str(exc)) from exc
     return str(result) if isinstance(result, int) else repr(result)
 
 

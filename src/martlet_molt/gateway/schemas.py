@@ -141,3 +141,5 @@ class ReadyResponse(BaseModel):
     store: str
     provider: str | None
     model: str | None
+    unavailable_tool_servers: list[str] = []
+    """MCP servers that are down: their tools are not offered until they come back."""

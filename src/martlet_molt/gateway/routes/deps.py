@@ -15,6 +15,7 @@ from martlet_molt.gateway.auth import require_principal, require_stream_principa
 from martlet_molt.gateway.native_events import SseFormat
 from martlet_molt.gateway.openai.served_models import ServedModels
 from martlet_molt.gateway.schemas import ErrorResponse, OpenAIErrorResponse
+from martlet_molt.tools.mcp_servers import McpServer
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 422, 429, 503)
@@ -44,6 +45,12 @@ def served_models(runs: RunManager, settings: Settings) -> ServedModels:
     if runs.provider is None:
         raise ProviderNotConfigured(PROVIDER_HINT)
     return ServedModels(runs.provider.model, settings.model_aliases)
+
+
+def tool_servers(request: Request) -> list[McpServer]:
+    """The app's MCP servers (none unless `MARTLET_MCP_CONFIG` names some)."""
+    servers: list[McpServer] = request.app.state.tool_servers
+    return servers
 
 
 Runs = Annotated[RunManager, Depends(get_runs)]

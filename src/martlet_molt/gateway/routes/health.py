@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from martlet_molt.errors import ServiceUnavailable
-from martlet_molt.gateway.routes.deps import ERRORS, Principal, Runs
+from martlet_molt.gateway.routes.deps import ERRORS, Principal, Runs, tool_servers
 from martlet_molt.gateway.schemas import HealthResponse, ReadyResponse
 
 READY_TIMEOUT_SECONDS = 5.0
@@ -43,7 +43,7 @@ async def _answers(ping: Callable[[], Awaitable[None]], what: str, **details: st
 
 
 @router.get("/readyz", response_model=ReadyResponse)
-async def readyz(runs: Runs) -> ReadyResponse:
+async def readyz(request: Request, runs: Runs) -> ReadyResponse:
     """Ready to serve: the store answers, and with several instances Redis too (else 503).
     Open, like `/healthz`."""
     await _answers(runs.store.ping, "the store", store="unavailable")
@@ -55,6 +55,9 @@ async def readyz(runs: Runs) -> ReadyResponse:
         store="ok",
         provider=provider.name if provider else None,
         model=provider.model if provider else None,
+        unavailable_tool_servers=[
+            server.config.name for server in tool_servers(request) if server.state != "ready"
+        ],
     )
 
 
