@@ -47,7 +47,7 @@ async def _revision_and_guard(store: SqlStore) -> tuple[str | None, list[Any]]:
 def test_head_revision_is_the_head_of_the_scripts() -> None:
     scripts = ScriptDirectory(str(Path(migrations.__file__).parent))
     assert scripts.get_heads() == [HEAD_REVISION]
-    assert migrations.known_revisions() == {"0001", "0002", "0003"}
+    assert migrations.known_revisions() == {"0001", "0002", "0003", "0004"}
 
 
 @pytest.mark.asyncio

@@ -151,6 +151,8 @@ async def test_a_call_its_result_and_the_final_answer(
     assert run["content"] == "done"
     roles = [(m["role"], m["content"]) for m in session["messages"]]
     assert roles == [("user", "use tools"), ("assistant", ""), ("tool", "5"), ("assistant", "done")]
+    saved = session["messages"][2]
+    assert (saved["tool_status"], saved["duration_ms"]) == ("done", result["duration_ms"])
     offered = [t["function"]["name"] for t in upstream.requests[-2]["tools"]]
     assert "calc__add" in offered
     assert "calc__die" not in offered  # the deny list
@@ -269,4 +271,6 @@ async def test_cancel_during_a_tool_call_cancels_it_on_the_server(
     await _wait_for_journal(journal, "slow cancelled")
     saved = [(m["role"], m["content"]) for m in session["messages"]]
     assert saved[:3] == [("user", "wait"), ("assistant", ""), ("tool", UNANSWERED)]
+    cut = session["messages"][2]
+    assert (cut["tool_status"], cut["duration_ms"]) == ("failed", None)
     assert session["messages"][1]["tool_calls"][0]["function"]["name"] == "t__slow"

@@ -436,7 +436,7 @@ function addSavedMessage(message) {
       id: message.tool_call_id,
       name: message.name,
       content: message.content,
-      status: message.status,
+      status: message.tool_status,
       durationMs: message.duration_ms,
     });
     if (added) body.append(added);

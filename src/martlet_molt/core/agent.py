@@ -198,6 +198,8 @@ def _round_messages(
                 run_id=run_id,
                 tool_call_id=call.call_id,
                 name=call.name,
+                tool_status="failed" if outcome is None or outcome.failed else "done",
+                duration_ms=None if outcome is None else round(outcome.seconds * 1000),
             )
         )
     return messages

@@ -71,6 +71,10 @@ class MessageResponse(BaseModel):
     tool_calls: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    tool_status: str | None = None
+    """A tool result's outcome: `done` or `failed`."""
+    duration_ms: int | None = None
+    """How long the tool call took."""
 
 
 class SessionSummary(BaseModel):

@@ -51,6 +51,10 @@ class NewMessage:
     tool_calls: list[JsonObject] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    tool_status: str | None = None
+    """A tool result's outcome: `done` or `failed`."""
+    duration_ms: int | None = None
+    """How long the tool call took."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,8 @@ class MessageRecord:
     tool_calls: list[JsonObject] | None = None
     tool_call_id: str | None = None
     name: str | None = None
+    tool_status: str | None = None
+    duration_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

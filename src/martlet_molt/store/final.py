@@ -69,6 +69,8 @@ def message_values(session_id: str, message: NewMessage, at: datetime) -> dict[s
         "tool_call_id": message.tool_call_id,
         "name": message.name,
         "created_at": at,
+        "tool_status": message.tool_status,
+        "duration_ms": message.duration_ms,
     }
 
 

@@ -103,6 +103,9 @@ messages = Table(
     Column("tool_call_id", String(_ID), nullable=True),
     Column("name", String(_ID), nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
+    # A tool result's outcome (`done` or `failed`) and how long the call took.
+    Column("tool_status", String(16), nullable=True),
+    Column("duration_ms", Integer, nullable=True),
     Index("ix_messages_session_message", "session_id", "message_id"),
 )
 
@@ -215,6 +218,8 @@ def message_record(m: RowMapping) -> MessageRecord:
         tool_calls=m["tool_calls"],
         tool_call_id=m["tool_call_id"],
         name=m["name"],
+        tool_status=m["tool_status"],
+        duration_ms=m["duration_ms"],
     )
 
 

@@ -69,6 +69,8 @@ async def get_session(session_id: SessionId, runs: Runs, principal: Principal) -
                 tool_calls=m.tool_calls,
                 tool_call_id=m.tool_call_id,
                 name=m.name,
+                tool_status=m.tool_status,
+                duration_ms=m.duration_ms,
             )
             for m in messages
         ],
