@@ -72,6 +72,19 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.tool_calls = Counter(
+            "martlet_tool_calls_total",
+            "Tool calls, by tool and outcome (`done` or `failed`).",
+            ["tool", "status"],
+            registry=r,
+        )
+        self.tool_call_duration = Histogram(
+            "martlet_tool_call_seconds",
+            "How long tool calls took, by tool.",
+            ["tool"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         # Every label value shows up (as 0) from the first scrape, so rates work at once.
         for status in RunStatus:
             if status.is_final:
@@ -123,6 +136,11 @@ class Metrics:
     def upstream_error(self, kind: str) -> None:
         """The upstream failed a run; `kind` is one of `UPSTREAM_ERROR_KINDS`."""
         self.upstream_errors.labels(kind if kind in UPSTREAM_ERROR_KINDS else "other").inc()
+
+    def tool_called(self, tool: str, failed: bool, seconds: float) -> None:
+        """A tool call ended (tool names come from configuration, so their number is bounded)."""
+        self.tool_calls.labels(tool, "failed" if failed else "done").inc()
+        self.tool_call_duration.labels(tool).observe(seconds)
 
     def exposition(self) -> bytes:
         """Every metric in the Prometheus text format."""

@@ -158,7 +158,10 @@ async def test_a_call_its_result_and_the_final_answer(
     assert "calc__die" not in offered  # the deny list
     async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client:
         listing = (await client.get("/tools")).json()["tools"]
+        metrics = (await client.get("/metrics")).text
     entry = next(t for t in listing if t["name"] == "calc__add")
+    assert 'martlet_tool_calls_total{status="done",tool="calc__add"} 1.0' in metrics
+    assert 'martlet_tool_call_seconds_count{tool="calc__add"} 1.0' in metrics
     assert (entry["source"], entry["state"]) == ("mcp:calc", "available")
 
 

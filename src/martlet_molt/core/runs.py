@@ -124,6 +124,7 @@ class RunManager:
             self.broker.on_cancel(self._cancel_here)
             self.broker.on_forget(self._forget_here)
         self.metrics.watch_active_runs(lambda: len(self._tasks))
+        self.tools.on_call = self.metrics.tool_called
         self.started_at = int(time.time())
 
     # -- life cycle ----------------------------------------------------------------------

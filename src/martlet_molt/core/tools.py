@@ -215,6 +215,8 @@ class ToolRegistry:
         self._tools: dict[str, Tool] = {}
         self.sources = list(sources)
         self.max_result_chars = max_result_chars
+        self.on_call: Callable[[str, bool, float], None] | None = None
+        """Told of every call's end: the tool, whether it failed, its seconds (metrics)."""
         for tool in tools:
             self.add(tool)
 
@@ -255,6 +257,8 @@ class ToolRegistry:
         if tool is None:
             return ToolOutcome(f"error: unknown tool {name}", True, 0.0)
         outcome = await tool.call(arguments_json)
+        if self.on_call is not None:
+            self.on_call(name, outcome.failed, outcome.seconds)
         limit = self.max_result_chars
         if limit is not None and len(outcome.content) > limit:
             cut = len(outcome.content) - limit
@@ -376,11 +380,13 @@ BUILTIN_TOOLS: dict[str, Tool] = {
 """The built-in tools, by name."""
 
 
-def build_registry(names: list[str]) -> ToolRegistry:
-    """A registry of the named built-in tools; unknown names raise ``ValueError``."""
-    unknown = [name for name in names if name not in BUILTIN_TOOLS]
+def build_registry(names: list[str], available: Mapping[str, Tool] | None = None) -> ToolRegistry:
+    """A registry of the named tools (from `available`, by default the built-ins); unknown
+    names raise ``ValueError``."""
+    choices = BUILTIN_TOOLS if available is None else available
+    unknown = [name for name in names if name not in choices]
     if unknown:
         raise ValueError(
-            f"unknown tool(s): {', '.join(unknown)}; valid choices: {', '.join(BUILTIN_TOOLS)}"
+            f"unknown tool(s): {', '.join(unknown)}; valid choices: {', '.join(choices)}"
         )
-    return ToolRegistry(BUILTIN_TOOLS[name] for name in dict.fromkeys(names))
+    return ToolRegistry(choices[name] for name in dict.fromkeys(names))

@@ -1,5 +1,5 @@
-"""The gateway's tools, as settings ask: the built-ins `MARTLET_TOOLS` names, and every MCP
-server of `MARTLET_MCP_CONFIG`. Tools are off until configured."""
+"""The gateway's tools, as settings ask: the built-ins and plug-ins `MARTLET_TOOLS` names, and
+every MCP server of `MARTLET_MCP_CONFIG`. Tools are off until configured."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from dataclasses import replace
 from typing import Any
 
 from martlet_molt.config import Settings
-from martlet_molt.core.tools import ToolRegistry, build_registry
+from martlet_molt.core.tools import BUILTIN_TOOLS, ToolRegistry, build_registry
 from martlet_molt.tools.mcp_servers import McpServer
+from martlet_molt.tools.plugins import plugin_tools
 
 MCP_START_WAIT_SECONDS = 10.0
 """How long start-up waits for each MCP server's first connection before serving anyway."""
@@ -19,9 +20,12 @@ async def open_tools(
     settings: Settings, stack: AsyncExitStack
 ) -> tuple[ToolRegistry, list[McpServer]]:
     """The registry every run uses, and the MCP servers behind it (stopped by `stack`)."""
-    builtins = [
+    available = dict(BUILTIN_TOOLS)
+    if settings.enabled_tools:
+        available.update(plugin_tools())
+    fixed = [
         replace(tool, timeout=settings.tool_timeout_seconds)
-        for tool in build_registry(settings.enabled_tools)
+        for tool in build_registry(settings.enabled_tools, available)
     ]
     servers: list[McpServer] = []
     if settings.mcp_config:
@@ -35,9 +39,7 @@ async def open_tools(
         )
         for server in servers:
             stack.push_async_callback(server.close)
-    registry = ToolRegistry(
-        builtins, sources=servers, max_result_chars=settings.tool_result_max_chars
-    )
+    registry = ToolRegistry(fixed, sources=servers, max_result_chars=settings.tool_result_max_chars)
     return registry, servers
 
 
@@ -48,7 +50,8 @@ def tool_listing(registry: ToolRegistry, servers: list[McpServer]) -> list[dict[
     from_servers = {name for server in servers for name in server.tools}
     for tool in registry:
         if tool.name not in from_servers:
-            listing.append(_entry(tool.name, tool.description, "builtin", "available"))
+            source = "builtin" if tool.name in BUILTIN_TOOLS else "plugin"
+            listing.append(_entry(tool.name, tool.description, source, "available"))
     for server in servers:
         source = f"mcp:{server.config.name}"
         if server.state != "ready":
