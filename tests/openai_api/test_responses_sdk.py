@@ -303,3 +303,22 @@ def test_models_lists_the_served_names_and_aliases_map_to_the_upstream(
     assert response.model == "gpt-4o-mini"
     assert response.output_text == sent.text
     assert [r.body["model"] for r in upstream.records if r.model == model][-1] == model
+
+
+def test_a_message_over_the_size_limit_is_refused_and_nothing_is_saved(
+    make_gateway: GatewayFactory, model: str
+) -> None:
+    gateway = make_gateway(max_message_chars=10)
+    with sdk_for(gateway) as client:
+        with pytest.raises(BadRequestError) as too_long:
+            client.responses.create(model=model, input="x" * 11)
+        with pytest.raises(BadRequestError) as too_long_chat:
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "x" * 11}]
+            )
+    assert isinstance(too_long.value.body, dict)
+    assert too_long.value.body["param"] == "input"
+    assert isinstance(too_long_chat.value.body, dict)
+    assert too_long_chat.value.body["param"] == "messages"
+    sessions = httpx.get(f"{gateway.url}/sessions", timeout=TIMEOUT).json()
+    assert sessions["total"] == 0

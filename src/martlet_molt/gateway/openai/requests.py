@@ -51,6 +51,16 @@ def refuse_unsupported(extra: Mapping[str, Any] | None) -> None:
         )
 
 
+def check_sizes(messages: Sequence[ChatMessage], limit: int, param: str) -> None:
+    """Refuse a message longer than `MARTLET_MAX_MESSAGE_CHARS`, as the native API does."""
+    for message in messages:
+        length = len(message["content"])
+        if length > limit:
+            raise InvalidRequest(
+                f"a message is {length} characters; the limit is {limit}", param=param
+            )
+
+
 class TextPart(BaseModel):
     """A text content part."""
 

@@ -20,7 +20,7 @@ from martlet_molt.gateway.openai.chat_chunks import (
     completion_object,
     end_error,
 )
-from martlet_molt.gateway.openai.requests import ChatCompletionsCreate
+from martlet_molt.gateway.openai.requests import ChatCompletionsCreate, check_sizes
 from martlet_molt.gateway.routes.deps import (
     OPENAI_ERRORS,
     CurrentSettings,
@@ -44,13 +44,7 @@ async def create_chat_completion(
     body.check()
     upstream = served_models(runs, settings).upstream_name(body.model)
     messages = body.chat_messages()
-    for message in messages:
-        if len(message["content"]) > settings.max_message_chars:
-            raise InvalidRequest(
-                f"a message is {len(message['content'])} characters; "
-                f"the limit is {settings.max_message_chars}",
-                param="messages",
-            )
+    check_sizes(messages, settings.max_message_chars, param="messages")
     request: dict[str, Any] = {
         "api": "chat.completions",
         "model": body.model,

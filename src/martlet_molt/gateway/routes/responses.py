@@ -5,7 +5,7 @@ and is saved; `GET ?stream=true&starting_after=N` resumes it for as long as it i
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
@@ -18,7 +18,7 @@ from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.errors import InvalidRequest
 from martlet_molt.gateway.openai.input_items import input_item_list
-from martlet_molt.gateway.openai.requests import ResponsesCreate
+from martlet_molt.gateway.openai.requests import ResponsesCreate, check_sizes
 from martlet_molt.gateway.openai.response_events import (
     ResponseEvents,
     last_number,
@@ -36,16 +36,6 @@ from martlet_molt.gateway.sse import SseResponse
 from martlet_molt.providers.base import ModelOptions
 
 router = APIRouter(prefix="/v1", responses=OPENAI_ERRORS, tags=["openai"])
-
-
-def _check_sizes(messages: list[dict[str, Any]], settings: Settings) -> None:
-    for message in messages:
-        if len(message["content"]) > settings.max_message_chars:
-            raise InvalidRequest(
-                f"a message is {len(message['content'])} characters; "
-                f"the limit is {settings.max_message_chars}",
-                param="input",
-            )
 
 
 async def _wait_for_end(log: StreamLog) -> None:
@@ -78,7 +68,7 @@ async def create_response(
     if body.previous_response_id is not None:
         session_id = await session_to_continue(runs.store, body.previous_response_id, principal)
     messages = body.messages()
-    _check_sizes(messages, settings)
+    check_sizes(messages, settings.max_message_chars, param="input")
     request = body.echo(body.model, len(messages))
     spec = RunSpec(
         messages=messages,
