@@ -277,3 +277,36 @@ async def test_cancel_during_a_tool_call_cancels_it_on_the_server(
     cut = session["messages"][2]
     assert (cut["tool_status"], cut["duration_ms"]) == ("failed", None)
     assert session["messages"][1]["tool_calls"][0]["function"]["name"] == "t__slow"
+
+
+@pytest.mark.asyncio
+async def test_a_reader_that_drops_mid_tool_round_resumes_with_every_event_once(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, model: str, tmp_path: Path, journal: Path
+) -> None:
+    gateway = _gateway(make_gateway, tmp_path, {"t": _stdio(journal)})
+    upstream.scripts_by_model.pop(model, None)
+    upstream.enqueue(
+        Script(tool_calls=[_call("t__slow", seconds=1), _call("t__add", a=1, b=2)]),
+        Script(tokens=["all ", "done"]),
+    )
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client:
+        first = await read_sse(
+            client, "POST", "/chat/stream?format=json", json_body={"message": "go"}, stop_after=2
+        )
+        run_id = first.headers["x-run-id"]
+        assert [e.event for e in first.events] == ["tool_call", "tool_call"]
+        await _wait_for_journal(journal, "slow started")  # dropped while the tool runs
+        rest = await read_sse(
+            client,
+            "GET",
+            f"/runs/{run_id}/stream?format=json",
+            headers={"Last-Event-ID": first.events[-1].id or ""},
+        )
+        whole = await read_sse(client, "GET", f"/runs/{run_id}/stream?format=json")
+    seen = first.events + rest.events
+    assert [int(e.id or 0) for e in seen] == list(range(1, len(seen) + 1))
+    assert [(e.id, e.data) for e in seen] == [(e.id, e.data) for e in whole.events]
+    results = _results(seen)
+    assert results["t__add"]["content"] == "3"
+    assert results["t__slow"]["content"] == "waited 1.0 s"
+    assert seen[-1].event == "done"
