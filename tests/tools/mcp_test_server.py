@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("test-tools")
 _in_flight: list[asyncio.Event] = []
@@ -71,6 +71,20 @@ async def die() -> str:
     """Kill this server in the middle of the call."""
     _journal(f"die {os.getpid()}")
     os._exit(1)
+
+
+async def extra() -> str:
+    """A tool that exists only after `grow`."""
+    return "extra here"
+
+
+@server.tool()
+async def grow(ctx: Context) -> str:
+    """Add the tool `extra`, and tell the client its tool list changed (a subscription event on
+    2026-07-28 connections)."""
+    server.add_tool(extra)
+    await ctx.notify_tools_changed()
+    return "grown"
 
 
 @server.tool()

@@ -310,3 +310,23 @@ async def test_a_reader_that_drops_mid_tool_round_resumes_with_every_event_once(
     assert results["t__add"]["content"] == "3"
     assert results["t__slow"]["content"] == "waited 1.0 s"
     assert seen[-1].event == "done"
+
+
+@pytest.mark.asyncio
+async def test_a_changed_tool_list_is_offered_on_the_next_round(
+    make_gateway: GatewayFactory, upstream: FakeUpstream, model: str, tmp_path: Path, journal: Path
+) -> None:
+    gateway = _gateway(make_gateway, tmp_path, {"t": _stdio(journal)})
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client:
+        before = {t["name"] for t in (await client.get("/tools")).json()["tools"]}
+        assert "t__extra" not in before
+        events, _, _ = await _ask(gateway, upstream, model, _call("t__grow"))
+        assert _results(events)["t__grow"]["content"] == "grown"
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                listing = (await client.get("/tools")).json()["tools"]
+                if any(t["name"] == "t__extra" for t in listing):
+                    break
+                await asyncio.sleep(0.05)
+    events, _, _ = await _ask(gateway, upstream, model, _call("t__extra"))
+    assert _results(events)["t__extra"]["content"] == "extra here"

@@ -134,7 +134,23 @@ class McpServer:
                 self.config.describe(),
                 len(self.tools),
             )
-            await self._watch(client)
+            listener = asyncio.create_task(self._listen(client))
+            try:
+                await self._watch(client)
+            finally:
+                listener.cancel()
+                with contextlib.suppress(BaseException):
+                    await listener
+
+    async def _listen(self, client: Any) -> None:
+        """Tool list changes: a `subscriptions/listen` stream on 2026-07-28 connections (older
+        ones send `notifications/tools/list_changed`, which `_on_message` hears)."""
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _ in subscription:
+                    self._changed.set()
+        except Exception as exc:
+            logger.debug("MCP server {} has no change stream: {!r}", self.config.name, exc)
 
     async def _target(self, stack: contextlib.AsyncExitStack) -> Any:
         """What the SDK's `Client` connects to: a stdio command, or a URL over an HTTP client
