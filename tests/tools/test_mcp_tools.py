@@ -121,6 +121,19 @@ def _results(events: list[Any]) -> dict[str, dict[str, Any]]:
     return {calls[e.json()["tool_call_id"]]: e.json() for e in events if e.event == "tool_result"}
 
 
+async def _wait_for_tool(gateway: GatewayServer, name: str) -> None:
+    """Poll `GET /tools` (bounded) until the tool is offered."""
+    async with (
+        httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client,
+        asyncio.timeout(TIMEOUT),
+    ):
+        while True:
+            listing = (await client.get("/tools")).json()["tools"]
+            if any(tool["name"] == name for tool in listing):
+                return
+            await asyncio.sleep(0.05)
+
+
 async def _wait_for_journal(journal: Path, line: str) -> None:
     async with asyncio.timeout(TIMEOUT):
         while True:
@@ -217,13 +230,7 @@ async def test_a_server_killed_mid_call_is_restarted(
     assert "MCP server t" in result["content"]
     assert run["status"] == "completed"
     dead = next(line for line in _lines(journal) if line.startswith("die "))
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                listing = (await client.get("/tools")).json()["tools"]
-                if any(t["name"] == "t__pid" for t in listing):
-                    break
-                await asyncio.sleep(0.1)
+    await _wait_for_tool(gateway, "t__pid")  # the server is back
     events, run, _ = await _ask(gateway, upstream, model, _call("t__pid"))
     assert _results(events)["t__pid"]["status"] == "done"
     assert f"die {_results(events)['t__pid']['content']}" != dead  # a new process answered
@@ -319,14 +326,9 @@ async def test_a_changed_tool_list_is_offered_on_the_next_round(
     gateway = _gateway(make_gateway, tmp_path, {"t": _stdio(journal)})
     async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client:
         before = {t["name"] for t in (await client.get("/tools")).json()["tools"]}
-        assert "t__extra" not in before
-        events, _, _ = await _ask(gateway, upstream, model, _call("t__grow"))
-        assert _results(events)["t__grow"]["content"] == "grown"
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                listing = (await client.get("/tools")).json()["tools"]
-                if any(t["name"] == "t__extra" for t in listing):
-                    break
-                await asyncio.sleep(0.05)
+    assert "t__extra" not in before
+    events, _, _ = await _ask(gateway, upstream, model, _call("t__grow"))
+    assert _results(events)["t__grow"]["content"] == "grown"
+    await _wait_for_tool(gateway, "t__extra")
     events, _, _ = await _ask(gateway, upstream, model, _call("t__extra"))
     assert _results(events)["t__extra"]["content"] == "extra here"
