@@ -111,7 +111,7 @@ class RunManager:
         self.leases: LeaseKeeper | None = None
         self.elsewhere: Elsewhere | None = None
         if self.shared:
-            self.elsewhere = Elsewhere(broker=self.broker, store=store, record_of=self._get_record)
+            self.elsewhere = Elsewhere(broker=self.broker, store=store, record_of=self.get_record)
             self.leases = LeaseKeeper(
                 store=store,
                 broker=self.broker,
@@ -494,7 +494,7 @@ class RunManager:
             remote = await self.elsewhere.follow(run_id, principal, after)
             if remote is not None:
                 return remote
-        record = await self._get_record(run_id, principal)
+        record = await self.get_record(run_id, principal)
         if self.elsewhere is not None and not record.status.is_final:
             # Started a moment ago: its owner's first flush has not reached Redis yet.
             remote = await self.elsewhere.follow_when_mirrored(run_id, principal, after)
@@ -517,9 +517,6 @@ class RunManager:
 
     async def get_record(self, run_id: str, principal: str) -> RunRecord:
         """The run as saved (404 for another principal's)."""
-        return await self._get_record(run_id, principal)
-
-    async def _get_record(self, run_id: str, principal: str) -> RunRecord:
         record = await self.store.get_run(run_id)
         if record is None or record.principal != principal:
             raise RunNotFound(f"run {run_id} not found")
@@ -530,13 +527,13 @@ class RunManager:
         log = self.logs.get(run_id)
         if log is not None and log.principal == principal:
             return RunView.of_log(log)
-        view = RunView.of_record(await self._get_record(run_id, principal))
+        view = RunView.of_record(await self.get_record(run_id, principal))
         if self.elsewhere is not None and not view.status.is_final:
             # Live on another instance: its mirror is fresher than the last checkpoint.
             with contextlib.suppress(MartletError):
                 remote = await self.elsewhere.follow(run_id, principal)
                 if remote is not None and remote.status.is_final:
-                    view = RunView.of_record(await self._get_record(run_id, principal))
+                    view = RunView.of_record(await self.get_record(run_id, principal))
                 elif remote is not None and len(remote.full_content) >= len(view.content):
                     view = replace(view, content=remote.full_content, status=remote.status)
         return view

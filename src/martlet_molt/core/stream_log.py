@@ -112,3 +112,9 @@ async def replay_text(log: StreamLog) -> AsyncIterator[str]:
     async for event in replay_events(log):
         if event.kind is EventKind.DELTA:
             yield event.text
+
+
+async def until_closed(log: StreamLog) -> None:
+    """Wait for the log's end event (a reader that wants the whole outcome, not the stream)."""
+    while not log.closed:
+        await log.wait(log.last_seq)

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from martlet_molt.config import Settings
 from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.runs import RunManager
-from martlet_molt.core.stream_log import StreamLog
+from martlet_molt.core.stream_log import StreamLog, until_closed
 from martlet_molt.errors import InvalidRequest
 from martlet_molt.gateway.native_events import SseFormat
 from martlet_molt.gateway.routes.deps import ERRORS, CurrentSettings, Principal, Runs, WireFormat
@@ -41,8 +41,7 @@ async def chat(
     """Answer a message and return the whole reply. The run goes on (and is saved) even if
     this request is abandoned."""
     log = await _start(body, runs, settings, principal)
-    while not log.closed:
-        await log.wait(log.last_seq)
+    await until_closed(log)
     return ChatResponse(
         session_id=log.session_id,
         run_id=log.run_id,

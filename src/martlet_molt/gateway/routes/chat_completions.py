@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.stream_buffer import StreamBuffer
+from martlet_molt.core.stream_log import until_closed
 from martlet_molt.errors import Conflict, InvalidRequest, ProviderError
 from martlet_molt.gateway.openai.chat_chunks import (
     ChatChunks,
@@ -70,8 +71,7 @@ async def create_chat_completion(
             headers=headers,
             metrics=runs.metrics,
         )
-    while not log.closed:
-        await log.wait(log.last_seq)
+    await until_closed(log)
     end = dict(log.events_after(log.last_seq - 1)[-1].data or {})
     error = end_error(end)
     if error is not None:

@@ -15,7 +15,7 @@ from martlet_molt.core.conversations import input_messages, session_to_continue
 from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.runs import RunManager
 from martlet_molt.core.stream_buffer import StreamBuffer
-from martlet_molt.core.stream_log import StreamLog
+from martlet_molt.core.stream_log import StreamLog, until_closed
 from martlet_molt.errors import InvalidRequest
 from martlet_molt.gateway.openai.input_items import input_item_list
 from martlet_molt.gateway.openai.requests import ResponsesCreate, check_sizes
@@ -36,11 +36,6 @@ from martlet_molt.gateway.sse import SseResponse
 from martlet_molt.providers.base import ModelOptions
 
 router = APIRouter(prefix="/v1", responses=OPENAI_ERRORS, tags=["openai"])
-
-
-async def _wait_for_end(log: StreamLog) -> None:
-    while not log.closed:
-        await log.wait(log.last_seq)
 
 
 def _stream(
@@ -84,7 +79,7 @@ async def create_response(
     if body.stream:
         return _stream(log, head, -1, runs, settings)
     if not body.background:
-        await _wait_for_end(log)
+        await until_closed(log)
     return JSONResponse(response_snapshot(log, head), headers={"X-Run-Id": log.run_id})
 
 
