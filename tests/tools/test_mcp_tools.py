@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from martlet_molt.core.agent import UNANSWERED
+from martlet_molt.core.tool_rounds import UNANSWERED
 from tests.conftest import GatewayFactory
 from tests.fake_upstream import FakeUpstream, Script
 from tests.gateway.test_runs_api import wait_for_run

@@ -18,6 +18,7 @@ from loguru import logger
 
 from martlet_molt.core.status import RunStatus
 from martlet_molt.core.stream_buffer import StreamBuffer
+from martlet_molt.core.tool_rounds import round_messages
 from martlet_molt.core.tools import ToolOutcome, ToolRegistry
 from martlet_molt.providers.base import (
     ChatMessage,
@@ -70,7 +71,7 @@ class Agent:
         self.usage: dict[str, int] = {}
         self.finish_reason: str | None = None
         self._round_start = 0
-        self._open_round: tuple[str, list[_PendingToolCall], dict[str, ToolOutcome]] | None = None
+        self._open_round: tuple[str, list[dict[str, Any]], dict[str, ToolOutcome]] | None = None
 
     async def stream_to_buffer(self, history: Sequence[ChatMessage], buffer: StreamBuffer) -> None:
         """Stream the reply into `buffer` (already started), running tools as the model asks."""
@@ -117,7 +118,7 @@ class Agent:
         text = self.round_text(buffer)
         tool_calls = [call.as_openai() for call in calls]
         results: dict[str, ToolOutcome] = {}
-        self._open_round = (text, calls, results)
+        self._open_round = (text, tool_calls, results)
         for call in calls:
             buffer.add_tool_call(call_id=call.call_id, name=call.name, arguments=call.joined())
             logger.info("run {} calls tool {}", buffer.run_id, call.name)
@@ -135,7 +136,7 @@ class Agent:
 
         await asyncio.gather(*(run(call) for call in calls))
         self._open_round = None
-        self.finished_rounds.extend(_round_messages(buffer.run_id, text, calls, results))
+        self.finished_rounds.extend(round_messages(buffer.run_id, text, tool_calls, results))
         context: list[ChatMessage] = [
             {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
         ]
@@ -165,8 +166,8 @@ class Agent:
         """Everything this run adds to the session: finished tool rounds, a round cut short
         (its calls, with what returned so far), then the reply."""
         if self._open_round is not None:
-            text, calls, results = self._open_round
-            cut = _round_messages(buffer.run_id, text, calls, results)
+            text, tool_calls, results = self._open_round
+            cut = round_messages(buffer.run_id, text, tool_calls, results)
             reply = NewMessage("assistant", "", status=status, run_id=buffer.run_id)
             return [*self.finished_rounds, *cut, reply]
         reply = NewMessage(
@@ -176,30 +177,3 @@ class Agent:
             run_id=buffer.run_id,
         )
         return [*self.finished_rounds, reply]
-
-
-UNANSWERED = "error: the run ended before this tool returned"
-"""The saved result of a call still running when its run ended (every call needs a result
-for the conversation to go on)."""
-
-
-def _round_messages(
-    run_id: str, text: str, calls: list[_PendingToolCall], results: dict[str, ToolOutcome]
-) -> list[NewMessage]:
-    """A tool round as saved: the assistant's calls, then each call's result in call order."""
-    tool_calls = [call.as_openai() for call in calls]
-    messages = [NewMessage("assistant", text, run_id=run_id, tool_calls=tool_calls)]
-    for call in calls:
-        outcome = results.get(call.call_id)
-        messages.append(
-            NewMessage(
-                "tool",
-                UNANSWERED if outcome is None else outcome.content,
-                run_id=run_id,
-                tool_call_id=call.call_id,
-                name=call.name,
-                tool_status="failed" if outcome is None or outcome.failed else "done",
-                duration_ms=None if outcome is None else round(outcome.seconds * 1000),
-            )
-        )
-    return messages

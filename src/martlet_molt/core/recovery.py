@@ -1,6 +1,7 @@
 """Start-up recovery: runs a dead process left unfinished become `interrupted`.
 
-A generation is never re-run on its own: it costs money. Its partial reply is kept.
+A generation is never re-run on its own: it costs money. Its partial reply is kept, and so
+are the tool calls it made, with the results that came back before the process died.
 """
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ from __future__ import annotations
 from loguru import logger
 
 from martlet_molt.core.status import RunStatus
-from martlet_molt.store.base import INTERRUPTED_ERROR, NewMessage, Store
+from martlet_molt.core.tool_rounds import saved_run_messages
+from martlet_molt.store.base import INTERRUPTED_ERROR, Store
 
 
 async def interrupt_orphaned_runs(store: Store) -> int:
@@ -22,14 +24,9 @@ async def interrupt_orphaned_runs(store: Store) -> int:
             error=INTERRUPTED_ERROR,
             usage=record.usage,
             events=record.events,
-            messages=[
-                NewMessage(
-                    "assistant",
-                    record.content,
-                    status=RunStatus.INTERRUPTED,
-                    run_id=record.run_id,
-                )
-            ],
+            messages=saved_run_messages(
+                record.run_id, record.content, record.events, RunStatus.INTERRUPTED
+            ),
         )
         logger.warning(
             "run {} of session {} was interrupted by a restart ({} chars kept)",

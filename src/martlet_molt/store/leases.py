@@ -19,7 +19,8 @@ from typing import Any
 from sqlalchemy import Connection, Float, bindparam, func, select, tuple_, update
 
 from martlet_molt.core.status import RunStatus
-from martlet_molt.store.base import INTERRUPTED_ERROR, Lease, NewMessage, RenewedLeases, RunRecord
+from martlet_molt.core.tool_rounds import saved_run_messages
+from martlet_molt.store.base import INTERRUPTED_ERROR, Lease, RenewedLeases, RunRecord
 from martlet_molt.store.final import FINISH_TAKEN_OVER_RUN, is_unfinished, save_final
 from martlet_molt.store.parts import run_with_parts
 from martlet_molt.store.schema import UtcDateTime, runs
@@ -97,7 +98,9 @@ def take_over(conn: Connection, clock: LeaseClock, *, limit: int, now: datetime)
     taken: list[RunRecord] = []
     for row in conn.execute(query, clock.parameters(now)).mappings().all():
         record = run_with_parts(conn, row)
-        kept = NewMessage("assistant", record.content, status=RunStatus.INTERRUPTED)
+        kept = saved_run_messages(
+            record.run_id, record.content, record.events, RunStatus.INTERRUPTED
+        )
         save_final(
             conn,
             FINISH_TAKEN_OVER_RUN,
@@ -107,7 +110,7 @@ def take_over(conn: Connection, clock: LeaseClock, *, limit: int, now: datetime)
             error=INTERRUPTED_ERROR,
             usage=record.usage,
             events=record.events,
-            messages=[kept],
+            messages=kept,
             now=now,
         )
         taken.append(
