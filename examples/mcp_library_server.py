@@ -1,7 +1,14 @@
 """A small MCP server for trying tools with martlet_molt: a library catalogue the model can
-search. Run by the gateway over stdio (see examples/mcp.json and the README's "Tools")."""
+search. Run by the gateway over stdio (see examples/mcp.json and the README's "Tools").
+
+`count_copies` is slow on purpose (it "asks every branch"), to watch a long call: reload the
+page while it runs, or cancel the run, and this server prints that it was cancelled.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import sys
 
 from mcp.server.mcpserver import MCPServer
 
@@ -25,6 +32,17 @@ async def find_book(title: str) -> str:
         if wanted in name
     ]
     return "\n".join(found) or f"no book matches {title!r}"
+
+
+@server.tool()
+async def count_copies(title: str) -> str:
+    """Count the copies of a book in every branch of the library (slow: about 15 seconds)."""
+    try:
+        await asyncio.sleep(15)
+    except asyncio.CancelledError:
+        print(f"library: count_copies({title!r}) was cancelled", file=sys.stderr, flush=True)
+        raise
+    return f"{len(title) % 4 + 1} copies of {title!r} across 3 branches"
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Each configured server has one supervisor task that owns its connection (the SDK's `Client`
 is an async context that must be entered and left by the same task): it connects, lists the
-tools, keeps the list fresh on `notifications/tools/list_changed`, pings the server while idle,
-and when the connection breaks (a stdio server that died, an HTTP server gone away) it
+tools, keeps the list fresh when the server announces a change, checks an idle connection
+every few seconds (a fresh tool list on 2026-07-28 connections, which have no `ping`; a ping on
+older ones), and when the connection breaks (a stdio server that died, an HTTP server gone away) it
 reconnects with growing pauses. A server that cannot start leaves the gateway up: one log line
 names it, and its tools are simply not offered until it comes back.
 
@@ -27,7 +28,7 @@ from martlet_molt.tools.mcp_config import McpServerConfig
 
 SEPARATOR = "__"
 """Between a server's name and its tool's in the names the model sees: no two servers collide."""
-PING_SECONDS = 5.0
+CHECK_SECONDS = 5.0
 """How often an idle connection is checked, so a dead server is noticed without a call."""
 BACKOFF_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 """Pauses between reconnection attempts; the last repeats."""
@@ -61,9 +62,14 @@ def _text_of(result: Any) -> str:
 class McpServer:
     """One configured MCP server and the tools it offers right now."""
 
-    def __init__(self, config: McpServerConfig, *, tool_timeout: float) -> None:
+    def __init__(
+        self, config: McpServerConfig, *, tool_timeout: float, check_seconds: float = CHECK_SECONDS
+    ) -> None:
         self.config = config
         self.tool_timeout = tool_timeout
+        self.check_seconds = check_seconds
+        self.checks_passed = 0
+        """Idle checks the live connection passed (how long it has been known good)."""
         self.state: ServerState = "starting"
         self.error: str | None = None
         self.tools: dict[str, Tool] = {}
@@ -173,20 +179,25 @@ class McpServer:
         )
 
     async def _watch(self, client: Any) -> None:
-        """Until the connection breaks: refresh the tools when told, ping when idle."""
+        """Until the connection breaks: refresh the tools when told, check the connection
+        when idle."""
+        from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+        modern = client.protocol_version in MODERN_PROTOCOL_VERSIONS
         while True:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(PING_SECONDS):
+                async with asyncio.timeout(self.check_seconds):
                     await _first(self._changed.wait(), self._broken.wait())
             if self._broken.is_set():
                 self._broken.clear()
                 raise ConnectionError("a call found the connection broken")
-            if self._changed.is_set():
-                await self._list_tools()
-                continue
-            async with asyncio.timeout(PING_SECONDS):
-                await client.send_ping()
+            async with asyncio.timeout(self.check_seconds):
+                if modern or self._changed.is_set():
+                    await self._list_tools()
+                else:
+                    await client.send_ping()
+            self.checks_passed += 1
 
     async def _on_message(self, message: Any) -> None:
         if getattr(message, "method", None) == "notifications/tools/list_changed":
