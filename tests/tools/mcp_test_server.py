@@ -61,6 +61,12 @@ async def together(name: str) -> str:
 
 
 @server.tool()
+async def big(size: int) -> str:
+    """A result of `size` characters."""
+    return "x" * size
+
+
+@server.tool()
 async def boom() -> str:
     """Fail."""
     raise ValueError("the tool broke")

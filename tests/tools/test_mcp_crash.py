@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ from martlet_molt.core.tool_rounds import UNANSWERED
 from tests.fake_upstream import FakeUpstream, Script
 from tests.process_gateway import ProcessGateways, process_gateways
 from tests.sse_client import read_sse
+from tests.tools.mcp_runs import journal_lines, stdio_server
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[2]
 WAIT = 10.0
 
 
@@ -54,18 +53,14 @@ async def _checkpointed_results(gateway: Any, run_id: str, count: int) -> None:
 
 @pytest.mark.asyncio
 async def test_a_crash_mid_call_leaves_the_run_interrupted_with_its_calls_saved(
-    processes: ProcessGateways, upstream: FakeUpstream, model: str, tmp_path: Path
+    processes: ProcessGateways,
+    upstream: FakeUpstream,
+    model: str,
+    tmp_path: Path,
+    journal: Path,
 ) -> None:
-    journal = tmp_path / "journal.txt"
-    journal.touch()
     config = tmp_path / "mcp.json"
-    server = {
-        "command": sys.executable,
-        "args": ["-m", "tests.tools.mcp_test_server", "stdio"],
-        "cwd": str(ROOT),
-        "env": {"MCP_TEST_JOURNAL": str(journal), "PYTHONPATH": str(ROOT)},
-    }
-    config.write_text(json.dumps({"mcpServers": {"t": server}}))
+    config.write_text(json.dumps({"mcpServers": {"t": stdio_server(journal)}}))
     upstream.scripts_by_model.pop(model, None)
     upstream.enqueue(
         Script(tool_calls=[{"name": "t__pid", "arguments": {}, "id": "call_pid"}]),
@@ -89,7 +84,7 @@ async def test_a_crash_mid_call_leaves_the_run_interrupted_with_its_calls_saved(
         run_id = stream.headers["x-run-id"]
     await _checkpointed_results(gateway, run_id, count=2)  # pid's, then add's
     server_pid = int(next(e.json() for e in stream.events if e.event == "tool_result")["content"])
-    assert "slow started" in journal.read_text().splitlines()
+    assert "slow started" in journal_lines(journal)
 
     assert gateway.kill() == -signal.SIGKILL
     async with asyncio.timeout(WAIT):  # the stdio server sees its input close and exits

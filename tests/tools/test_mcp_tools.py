@@ -3,15 +3,7 @@ called by runs of a real gateway whose model is the fake upstream's scripted too
 
 from __future__ import annotations
 
-import asyncio
-import json
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -19,127 +11,18 @@ import pytest
 from martlet_molt.core.tool_rounds import UNANSWERED
 from tests.conftest import GatewayFactory
 from tests.fake_upstream import FakeUpstream, Script
-from tests.gateway.test_runs_api import wait_for_run
-from tests.gateway_server import GatewayServer
 from tests.sse_client import read_sse
-
-ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@pytest.fixture(autouse=True)
-def unused_scripts_dropped(upstream: FakeUpstream) -> Iterator[None]:
-    """A run cancelled mid-round leaves its answer queued: the next test must not get it."""
-    yield
-    upstream.clear_queue()
-
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Path:
-    """Where the test server writes what it saw."""
-    path = tmp_path / "journal.txt"
-    path.touch()
-    return path
-
-
-@pytest.fixture
-def http_server(journal: Path) -> Iterator[str]:
-    """The test server over streamable HTTP, in its own process; its URL."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.tools.mcp_test_server", "http", str(port)],
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "MCP_TEST_JOURNAL": str(journal), "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert process.poll() is None, "the MCP server exited"
-            assert time.monotonic() < deadline, "the MCP server did not listen"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        process.wait(TIMEOUT)
-
-
-def _stdio(journal: Path) -> dict[str, Any]:
-    return {
-        "command": sys.executable,
-        "args": ["-m", "tests.tools.mcp_test_server", "stdio"],
-        "cwd": str(ROOT),
-        "env": {"MCP_TEST_JOURNAL": str(journal), "PYTHONPATH": str(ROOT)},
-    }
-
-
-def _gateway(
-    make_gateway: GatewayFactory, tmp_path: Path, servers: dict[str, Any], **settings: Any
-) -> GatewayServer:
-    config = tmp_path / "mcp.json"
-    config.write_text(json.dumps({"mcpServers": servers}))
-    return make_gateway(mcp_config=str(config), **settings)
-
-
-def _call(tool: str, **arguments: Any) -> dict[str, Any]:
-    return {"name": tool, "arguments": arguments}
-
-
-def _lines(journal: Path) -> list[str]:
-    return journal.read_text().splitlines()
-
-
-async def _ask(
-    gateway: GatewayServer, upstream: FakeUpstream, model: str, *calls: dict[str, Any]
-) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    """One run: the model calls these tools in one round, then answers `done`. Its events,
-    its final state, and its session."""
-    upstream.scripts_by_model.pop(model, None)
-    upstream.enqueue(Script(tool_calls=list(calls)), Script(tokens=["done"]))
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client:
-        stream = await read_sse(
-            client, "POST", "/chat/stream?format=json", json_body={"message": "use tools"}
-        )
-        assert stream.status_code == 200
-        run = await wait_for_run(client, stream.headers["x-run-id"])
-        session = (await client.get(f"/sessions/{stream.headers['x-session-id']}")).json()
-    return stream.events, run, session
-
-
-def _results(events: list[Any]) -> dict[str, dict[str, Any]]:
-    calls = {e.json()["id"]: e.json()["name"] for e in events if e.event == "tool_call"}
-    return {calls[e.json()["tool_call_id"]]: e.json() for e in events if e.event == "tool_result"}
-
-
-async def _wait_for_tool(gateway: GatewayServer, name: str) -> None:
-    """Poll `GET /tools` (bounded) until the tool is offered."""
-    async with (
-        httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client,
-        asyncio.timeout(TIMEOUT),
-    ):
-        while True:
-            listing = (await client.get("/tools")).json()["tools"]
-            if any(tool["name"] == name for tool in listing):
-                return
-            await asyncio.sleep(0.05)
-
-
-async def _wait_for_journal(journal: Path, line: str) -> None:
-    async with asyncio.timeout(TIMEOUT):
-        while True:
-            if line in _lines(journal):
-                return
-            await asyncio.sleep(0.05)
+from tests.tools.mcp_runs import (
+    TIMEOUT,
+    ask,
+    gateway_with,
+    journal_lines,
+    results_by_tool,
+    stdio_server,
+    tool_call,
+    wait_for_journal,
+    wait_for_tool,
+)
 
 
 @pytest.mark.asyncio
@@ -154,11 +37,13 @@ async def test_a_call_its_result_and_the_final_answer(
     request: pytest.FixtureRequest,
 ) -> None:
     server = (
-        _stdio(journal) if transport == "stdio" else {"url": request.getfixturevalue("http_server")}
+        stdio_server(journal)
+        if transport == "stdio"
+        else {"url": request.getfixturevalue("http_server")}
     )
-    gateway = _gateway(make_gateway, tmp_path, {"calc": {**server, "deny": ["die"]}})
-    events, run, session = await _ask(gateway, upstream, model, _call("calc__add", a=2, b=3))
-    result = _results(events)["calc__add"]
+    gateway = gateway_with(make_gateway, tmp_path, {"calc": {**server, "deny": ["die"]}})
+    events, run, session = await ask(gateway, upstream, model, tool_call("calc__add", a=2, b=3))
+    result = results_by_tool(events)["calc__add"]
     assert (result["content"], result["status"]) == ("5", "done")
     assert run["status"] == "completed"
     assert run["content"] == "done"
@@ -182,9 +67,13 @@ async def test_a_call_its_result_and_the_final_answer(
 async def test_two_calls_in_one_round_run_at_the_same_time(
     make_gateway: GatewayFactory, upstream: FakeUpstream, model: str, tmp_path: Path, journal: Path
 ) -> None:
-    gateway = _gateway(make_gateway, tmp_path, {"t": _stdio(journal)})
-    events, run, _ = await _ask(
-        gateway, upstream, model, _call("t__together", name="a"), _call("t__together", name="b")
+    gateway = gateway_with(make_gateway, tmp_path, {"t": stdio_server(journal)})
+    events, run, _ = await ask(
+        gateway,
+        upstream,
+        model,
+        tool_call("t__together", name="a"),
+        tool_call("t__together", name="b"),
     )
     contents = sorted(e.json()["content"] for e in events if e.event == "tool_result")
     assert contents == ["a: together", "b: together"]
@@ -195,52 +84,42 @@ async def test_two_calls_in_one_round_run_at_the_same_time(
 async def test_a_slow_tool_times_out_and_the_server_is_told(
     make_gateway: GatewayFactory, upstream: FakeUpstream, model: str, tmp_path: Path, journal: Path
 ) -> None:
-    gateway = _gateway(make_gateway, tmp_path, {"t": _stdio(journal)}, tool_timeout_seconds=0.5)
-    events, run, session = await _ask(gateway, upstream, model, _call("t__slow", seconds=30))
-    result = _results(events)["t__slow"]
+    gateway = gateway_with(
+        make_gateway, tmp_path, {"t": stdio_server(journal)}, tool_timeout_seconds=0.5
+    )
+    events, run, session = await ask(gateway, upstream, model, tool_call("t__slow", seconds=30))
+    result = results_by_tool(events)["t__slow"]
     assert result["status"] == "failed"
     assert result["content"] == "error: tool timed out after 0.5 s"
     assert run["status"] == "completed"  # the model read the error and answered
     assert ("tool", "error: tool timed out after 0.5 s") in [
         (m["role"], m["content"]) for m in session["messages"]
     ]
-    await _wait_for_journal(journal, "slow cancelled")
-
-
-@pytest.mark.asyncio
-async def test_a_tool_that_raises_gives_the_model_its_error(
-    make_gateway: GatewayFactory, upstream: FakeUpstream, model: str, tmp_path: Path, journal: Path
-) -> None:
-    gateway = _gateway(make_gateway, tmp_path, {"t": _stdio(journal)})
-    events, run, _ = await _ask(gateway, upstream, model, _call("t__boom"))
-    result = _results(events)["t__boom"]
-    assert result["status"] == "failed"
-    assert result["content"].startswith("error: ")
-    assert run["status"] == "completed"
+    await wait_for_journal(journal, "slow cancelled")
 
 
 @pytest.mark.asyncio
 async def test_a_server_killed_mid_call_is_restarted(
     make_gateway: GatewayFactory, upstream: FakeUpstream, model: str, tmp_path: Path, journal: Path
 ) -> None:
-    gateway = _gateway(make_gateway, tmp_path, {"t": _stdio(journal)})
-    events, run, _ = await _ask(gateway, upstream, model, _call("t__die"))
-    result = _results(events)["t__die"]
+    gateway = gateway_with(make_gateway, tmp_path, {"t": stdio_server(journal)})
+    events, run, _ = await ask(gateway, upstream, model, tool_call("t__die"))
+    result = results_by_tool(events)["t__die"]
     assert result["status"] == "failed"
     assert "MCP server t" in result["content"]
     assert run["status"] == "completed"
-    dead = next(line for line in _lines(journal) if line.startswith("die "))
-    await _wait_for_tool(gateway, "t__pid")  # the server is back
-    events, run, _ = await _ask(gateway, upstream, model, _call("t__pid"))
-    assert _results(events)["t__pid"]["status"] == "done"
-    assert f"die {_results(events)['t__pid']['content']}" != dead  # a new process answered
+    dead = next(line for line in journal_lines(journal) if line.startswith("die "))
+    await wait_for_tool(gateway, "t__pid")  # the server is back
+    events, run, _ = await ask(gateway, upstream, model, tool_call("t__pid"))
+    assert results_by_tool(events)["t__pid"]["status"] == "done"
+    assert f"die {results_by_tool(events)['t__pid']['content']}" != dead  # a new process answered
 
 
 @pytest.mark.asyncio
 async def test_a_server_that_never_starts_leaves_the_gateway_up(
     make_gateway: GatewayFactory, upstream: FakeUpstream, model: str, tmp_path: Path
 ) -> None:
-    gateway = _gateway(
+    gateway = gateway_with(
         make_gateway, tmp_path, {"ghost": {"command": str(tmp_path / "no-such-server")}}
     )
     async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client:
@@ -268,17 +147,17 @@ async def test_a_server_that_never_starts_leaves_the_gateway_up(
 async def test_cancel_during_a_tool_call_cancels_it_on_the_server(
     make_gateway: GatewayFactory, upstream: FakeUpstream, model: str, tmp_path: Path, journal: Path
 ) -> None:
-    gateway = _gateway(make_gateway, tmp_path, {"t": _stdio(journal)})
+    gateway = gateway_with(make_gateway, tmp_path, {"t": stdio_server(journal)})
     upstream.scripts_by_model.pop(model, None)
-    upstream.enqueue(Script(tool_calls=[_call("t__slow", seconds=30)]), Script(tokens=["x"]))
+    upstream.enqueue(Script(tool_calls=[tool_call("t__slow", seconds=30)]), Script(tokens=["x"]))
     async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client:
         async with client.stream("POST", "/chat/stream", json={"message": "wait"}) as started:
             run_id, session_id = started.headers["x-run-id"], started.headers["x-session-id"]
-        await _wait_for_journal(journal, "slow started")
+        await wait_for_journal(journal, "slow started")
         cancelled = (await client.post(f"/runs/{run_id}/cancel")).json()
         session = (await client.get(f"/sessions/{session_id}")).json()
     assert cancelled["status"] == "cancelled"
-    await _wait_for_journal(journal, "slow cancelled")
+    await wait_for_journal(journal, "slow cancelled")
     saved = [(m["role"], m["content"]) for m in session["messages"]]
     assert saved[:3] == [("user", "wait"), ("assistant", ""), ("tool", UNANSWERED)]
     cut = session["messages"][2]
@@ -290,10 +169,10 @@ async def test_cancel_during_a_tool_call_cancels_it_on_the_server(
 async def test_a_reader_that_drops_mid_tool_round_resumes_with_every_event_once(
     make_gateway: GatewayFactory, upstream: FakeUpstream, model: str, tmp_path: Path, journal: Path
 ) -> None:
-    gateway = _gateway(make_gateway, tmp_path, {"t": _stdio(journal)})
+    gateway = gateway_with(make_gateway, tmp_path, {"t": stdio_server(journal)})
     upstream.scripts_by_model.pop(model, None)
     upstream.enqueue(
-        Script(tool_calls=[_call("t__slow", seconds=1), _call("t__add", a=1, b=2)]),
+        Script(tool_calls=[tool_call("t__slow", seconds=1), tool_call("t__add", a=1, b=2)]),
         Script(tokens=["all ", "done"]),
     )
     async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client:
@@ -302,7 +181,7 @@ async def test_a_reader_that_drops_mid_tool_round_resumes_with_every_event_once(
         )
         run_id = first.headers["x-run-id"]
         assert [e.event for e in first.events] == ["tool_call", "tool_call"]
-        await _wait_for_journal(journal, "slow started")  # dropped while the tool runs
+        await wait_for_journal(journal, "slow started")  # dropped while the tool runs
         rest = await read_sse(
             client,
             "GET",
@@ -313,7 +192,7 @@ async def test_a_reader_that_drops_mid_tool_round_resumes_with_every_event_once(
     seen = first.events + rest.events
     assert [int(e.id or 0) for e in seen] == list(range(1, len(seen) + 1))
     assert [(e.id, e.data) for e in seen] == [(e.id, e.data) for e in whole.events]
-    results = _results(seen)
+    results = results_by_tool(seen)
     assert results["t__add"]["content"] == "3"
     assert results["t__slow"]["content"] == "waited 1.0 s"
     assert seen[-1].event == "done"
@@ -323,12 +202,12 @@ async def test_a_reader_that_drops_mid_tool_round_resumes_with_every_event_once(
 async def test_a_changed_tool_list_is_offered_on_the_next_round(
     make_gateway: GatewayFactory, upstream: FakeUpstream, model: str, tmp_path: Path, journal: Path
 ) -> None:
-    gateway = _gateway(make_gateway, tmp_path, {"t": _stdio(journal)})
+    gateway = gateway_with(make_gateway, tmp_path, {"t": stdio_server(journal)})
     async with httpx.AsyncClient(base_url=gateway.url, timeout=TIMEOUT) as client:
         before = {t["name"] for t in (await client.get("/tools")).json()["tools"]}
     assert "t__extra" not in before
-    events, _, _ = await _ask(gateway, upstream, model, _call("t__grow"))
-    assert _results(events)["t__grow"]["content"] == "grown"
-    await _wait_for_tool(gateway, "t__extra")
-    events, _, _ = await _ask(gateway, upstream, model, _call("t__extra"))
-    assert _results(events)["t__extra"]["content"] == "extra here"
+    events, _, _ = await ask(gateway, upstream, model, tool_call("t__grow"))
+    assert results_by_tool(events)["t__grow"]["content"] == "grown"
+    await wait_for_tool(gateway, "t__extra")
+    events, _, _ = await ask(gateway, upstream, model, tool_call("t__extra"))
+    assert results_by_tool(events)["t__extra"]["content"] == "extra here"
