@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from martlet_molt.broker.redis import RedisBroker
-from martlet_molt.core.stream_buffer import StreamBuffer
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.stream_log import StreamLog
 
 REDIS_URL = os.environ.get("MARTLET_TEST_REDIS_URL", "redis://127.0.0.1:6379")
@@ -87,7 +87,7 @@ async def make_broker(prefix: str) -> AsyncIterator[BrokerFactory]:
 class LogPair:
     """A run's log as its writer holds it, and how its readers open it."""
 
-    writer: StreamBuffer
+    writer: LocalLog
     open_reader: Callable[[], Awaitable[StreamLog]]
     settle: Callable[[], Awaitable[None]]
     """Wait until every event written so far is where readers find it."""
@@ -108,7 +108,7 @@ async def make_pair(request: pytest.FixtureRequest) -> AsyncIterator[PairFactory
     if request.param == "memory":
 
         async def memory_pair(**_: Any) -> LogPair:
-            writer = StreamBuffer("s", principal="p")
+            writer = LocalLog("s", principal="p")
             writer.start()
 
             async def open_reader() -> StreamLog:
@@ -128,7 +128,7 @@ async def make_pair(request: pytest.FixtureRequest) -> AsyncIterator[PairFactory
         for broker in (owner, other):
             opened.append(broker)
             await broker.open()
-        writer = StreamBuffer("s", principal="p")
+        writer = LocalLog("s", principal="p")
         writer.start()
         owner.publish(writer, owner=owner.instance_id)
         await owner.drain()

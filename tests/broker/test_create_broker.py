@@ -10,8 +10,8 @@ import pytest
 from martlet_molt.broker import UnknownBrokerUrl, create_broker
 from martlet_molt.broker.memory import MemoryBroker
 from martlet_molt.broker.redis import RedisBroker
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.core.stream_log import StreamLog
 
 
@@ -37,7 +37,7 @@ def test_the_embedded_default_never_imports_redis() -> None:
 
 def test_a_stream_buffer_is_a_stream_log() -> None:
     """The owner's log satisfies the reader protocol unchanged (checked by Pyright too)."""
-    log: StreamLog = StreamBuffer("s")
+    log: StreamLog = LocalLog("s")
     assert log.last_seq == 0
 
 
@@ -45,7 +45,7 @@ def test_a_stream_buffer_is_a_stream_log() -> None:
 async def test_the_memory_broker_shares_nothing_and_cancels_locally() -> None:
     broker = MemoryBroker()
     await broker.open()
-    log = StreamBuffer("s")
+    log = LocalLog("s")
     broker.publish(log, owner="me")
     assert log.on_append is None  # the hot path stays as it was
     assert await broker.follow(log.run_id) is None

@@ -1,7 +1,7 @@
 """One suite for every stream log implementation: a reader gets the writer's events, whether
 it reads the writer's own log (memory) or another instance's copy of it (Redis).
 
-Each test takes `make_pair`: a started writer (`StreamBuffer`) and a way to open a reader.
+Each test takes `make_pair`: a started writer (`LocalLog`) and a way to open a reader.
 The first three are the handoff's tests (tests/test_stream_buffer.py), adapted to the pair:
 they wait for events, never for time.
 """
@@ -14,8 +14,7 @@ import random
 import pytest
 
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import EventKind, RunEvent
-from martlet_molt.core.stream_log import StreamLog
+from martlet_molt.core.stream_log import EventKind, RunEvent, StreamLog
 from martlet_molt.errors import LogTrimmed
 from tests.broker.conftest import PairFactory
 

@@ -11,17 +11,17 @@ from redis.asyncio import Redis
 
 from martlet_molt.broker.redis import RedisBroker
 from martlet_molt.broker.wire import run_keys
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import RunEvent, StreamBuffer
-from martlet_molt.core.stream_log import StreamLog
+from martlet_molt.core.stream_log import RunEvent, StreamLog
 from tests.broker.conftest import REDIS_URL, BrokerFactory
 from tests.web.cut_proxy import CutProxy
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
-def _started(session_id: str = "s") -> StreamBuffer:
-    log = StreamBuffer(session_id, principal="p")
+def _started(session_id: str = "s") -> LocalLog:
+    log = LocalLog(session_id, principal="p")
     log.start()
     return log
 

@@ -16,7 +16,7 @@ from martlet_molt.core.recovery import interrupt_orphaned_runs
 from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.runs import RunManager
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import EventKind
+from martlet_molt.core.stream_log import EventKind
 from martlet_molt.core.tools import ToolRegistry
 from martlet_molt.providers.base import ChatMessage, Delta, ModelOptions, TextDelta, ToolSpec
 from martlet_molt.store.base import RunRecord, Store, create_store

@@ -7,18 +7,20 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from martlet_molt.core.local_log import LocalLog
+from martlet_molt.core.local_logs import LocalLogs
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import EventKind, RunEvent, StreamBuffer, StreamBufferManager
+from martlet_molt.core.stream_log import EventKind, RunEvent
 from martlet_molt.errors import InvalidTransition, ReplyTooLong, TooManyRuns
 
 
-def _started(**kwargs: object) -> StreamBuffer:
-    log = StreamBuffer("s", **kwargs)  # pyright: ignore[reportArgumentType]
+def _started(**kwargs: object) -> LocalLog:
+    log = LocalLog("s", **kwargs)  # pyright: ignore[reportArgumentType]
     log.start()
     return log
 
 
-async def _collect(log: StreamBuffer, after: int = 0) -> list[RunEvent]:
+async def _collect(log: LocalLog, after: int = 0) -> list[RunEvent]:
     return [event async for event in log.read(after)]
 
 
@@ -131,7 +133,7 @@ def test_failure_is_an_error_then_an_end() -> None:
 
 def test_transitions_are_guarded() -> None:
     """A finished run never changes; text cannot be added before the run starts."""
-    log = StreamBuffer("s")
+    log = LocalLog("s")
     with pytest.raises(InvalidTransition):
         log.put_sync("too early")
     log.start()
@@ -174,7 +176,7 @@ def test_replay_index_rebuilds_the_same_events() -> None:
     log.set_usage({"total_tokens": 3})
     index = log.replay_index()
     log.complete()
-    rebuilt = StreamBuffer.from_saved(
+    rebuilt = LocalLog.from_saved(
         run_id=log.run_id,
         session_id="s",
         principal="",
@@ -209,7 +211,7 @@ def test_a_saved_outcome_rebuilds_the_same_end(
         "error": error,
         **({"finish_reason": reason} if reason else {}),
     }
-    rebuilt = StreamBuffer.from_saved(
+    rebuilt = LocalLog.from_saved(
         run_id=log.run_id,
         session_id="s",
         principal="",
@@ -222,7 +224,7 @@ def test_a_saved_outcome_rebuilds_the_same_end(
     assert list(rebuilt.events_after(0)) == list(log.events_after(0))
 
 
-def _finished(manager: StreamBufferManager, chars: int, ended: datetime) -> StreamBuffer:
+def _finished(manager: LocalLogs, chars: int, ended: datetime) -> LocalLog:
     log = manager.create("s")
     log.start()
     log.put_sync("x" * chars)
@@ -233,7 +235,7 @@ def _finished(manager: StreamBufferManager, chars: int, ended: datetime) -> Stre
 
 def test_manager_limits_active_runs() -> None:
     """Defect 13: `max_buffers` is a real limit on active runs."""
-    manager = StreamBufferManager(max_buffers=2)
+    manager = LocalLogs(max_buffers=2)
     manager.create("a").start()
     manager.create("b").start()
     with pytest.raises(TooManyRuns):
@@ -243,7 +245,7 @@ def test_manager_limits_active_runs() -> None:
 def test_manager_evicts_by_age_count_and_size() -> None:
     """Defect 13: finished logs are dropped after retention, and beyond count and size caps."""
     now = datetime.now(UTC)
-    manager = StreamBufferManager(retention_seconds=60, max_finished=3, max_finished_chars=1_000)
+    manager = LocalLogs(retention_seconds=60, max_finished=3, max_finished_chars=1_000)
     old = _finished(manager, 10, now - timedelta(seconds=120))
     recent = [_finished(manager, 10, now - timedelta(seconds=30 - i)) for i in range(4)]
     active = manager.create("live")

@@ -3,21 +3,21 @@ takeover save for a run whose process died) gives what the agent itself would ha
 
 from __future__ import annotations
 
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.core.tool_rounds import UNANSWERED, saved_run_messages
 from martlet_molt.store.base import NewMessage
 
 INTERRUPTED = RunStatus.INTERRUPTED
 
 
-def _log() -> StreamBuffer:
-    log = StreamBuffer("s1", run_id="r1")
+def _log() -> LocalLog:
+    log = LocalLog("s1", run_id="r1")
     log.start()
     return log
 
 
-def _saved(log: StreamBuffer) -> list[tuple[str, str, str | None, str | None, list[str]]]:
+def _saved(log: LocalLog) -> list[tuple[str, str, str | None, str | None, list[str]]]:
     messages = saved_run_messages("r1", log.full_content, log.replay_index(), INTERRUPTED)
     assert all(m.run_id == "r1" for m in messages)
     assert messages[-1].status is INTERRUPTED

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from starlette.types import Message
 
-from martlet_molt.core.stream_buffer import EventKind, StreamBuffer
+from martlet_molt.core.local_log import LocalLog
+from martlet_molt.core.stream_log import EventKind
 from martlet_molt.gateway.native_events import SseFormat, encode_json, native_encoder
 from martlet_molt.gateway.sse import BATCH_EVENTS, SseResponse
 from martlet_molt.metrics import Metrics
@@ -145,8 +146,8 @@ class Client:
         return [m["body"] for m in self.messages if m["type"] == "http.response.body"]
 
 
-def long_reply(deltas: int) -> StreamBuffer:
-    log = StreamBuffer("session")
+def long_reply(deltas: int) -> LocalLog:
+    log = LocalLog("session")
     log.start()
     for index in range(deltas):
         log.put_sync(f"t{index} ")
@@ -223,7 +224,7 @@ async def test_a_lagging_reader_gets_every_event_in_bounded_sends_and_leaves_no_
 
 @pytest.mark.asyncio
 async def test_a_hang_up_during_silence_ends_the_reader_once_and_leaves_the_run_alone() -> None:
-    log = StreamBuffer("session")
+    log = LocalLog("session")
     log.start()
     log.put_sync("so far")
     metrics = Metrics()

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.core.stream_log import StreamLog
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -55,7 +55,7 @@ class Broker(Protocol):
         """Return once `healthy` is `healthy` (new runs can wait for the service to return)."""
         ...
 
-    def publish(self, log: StreamBuffer, *, owner: str) -> None:
+    def publish(self, log: LocalLog, *, owner: str) -> None:
         """Share `log` from now on (what it holds, then each new event) until its end event
         is stored; then it expires after the retention. Never blocks the caller."""
         ...

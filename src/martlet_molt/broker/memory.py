@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.core.stream_log import StreamLog
 
 
@@ -40,7 +40,7 @@ class MemoryBroker:
         if not healthy:
             await asyncio.get_running_loop().create_future()
 
-    def publish(self, log: StreamBuffer, *, owner: str) -> None:
+    def publish(self, log: LocalLog, *, owner: str) -> None:
         """Nothing to do: readers read `log` itself."""
 
     async def drain(self) -> None:

@@ -1,6 +1,6 @@
 """The owner's side of the shared log: mirror local stream logs into Redis, in batches.
 
-`Publisher.publish(log)` registers a run's `StreamBuffer` and sets its `on_append` listener,
+`Publisher.publish(log)` registers a run's `LocalLog` and sets its `on_append` listener,
 which only marks the log dirty and wakes the flusher (the writer never waits and never
 touches Redis). The flusher is one task, started by `start` and cancelled by `close`, both
 called by the broker that owns the publisher. When woken it takes every dirty log, reads
@@ -29,7 +29,8 @@ from redis.exceptions import RedisError
 from martlet_molt.broker.health import Backoff, Health, stop
 from martlet_molt.broker.scripts import APPEND, AppendResult
 from martlet_molt.broker.wire import RunKeys, encode_event, run_keys
-from martlet_molt.core.stream_buffer import EventKind, StreamBuffer
+from martlet_molt.core.local_log import LocalLog
+from martlet_molt.core.stream_log import EventKind
 
 # One run sends at most this many events in one flush; the rest go in the next.
 EVENTS_PER_RUN_PER_FLUSH = 4_096
@@ -40,7 +41,7 @@ class _Mirror:
 
     __slots__ = ("acked", "keys", "log", "meta_written", "owner", "publisher")
 
-    def __init__(self, publisher: Publisher, log: StreamBuffer, owner: str, keys: RunKeys) -> None:
+    def __init__(self, publisher: Publisher, log: LocalLog, owner: str, keys: RunKeys) -> None:
         self.publisher = publisher
         self.log = log
         self.owner = owner
@@ -91,7 +92,7 @@ class Publisher:
         """How many logs are mirrored and not yet fully acknowledged with their end."""
         return len(self._mirrors)
 
-    def publish(self, log: StreamBuffer, *, owner: str) -> None:
+    def publish(self, log: LocalLog, *, owner: str) -> None:
         """Mirror `log` from now on: what it holds, then every new event, until its end."""
         if log.run_id in self._mirrors:
             return

@@ -41,8 +41,8 @@ from martlet_molt.broker.publisher import Publisher
 from martlet_molt.broker.remote_log import Entry, RemoteLog
 from martlet_molt.broker.scripts import END_RUN
 from martlet_molt.broker.wire import cancel_channel, encode_end, run_keys
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.errors import BrokerUnavailable
 
@@ -196,7 +196,7 @@ class RedisBroker:
 
     # -- owner side ----------------------------------------------------------------------
 
-    def publish(self, log: StreamBuffer, *, owner: str) -> None:
+    def publish(self, log: LocalLog, *, owner: str) -> None:
         """Mirror `log` into Redis from now on, in batches, until its end is stored."""
         self._publisher.publish(log, owner=owner)
 

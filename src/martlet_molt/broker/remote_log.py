@@ -19,8 +19,13 @@ from typing import Any
 
 from martlet_molt.broker.wire import decode_entry, entry_id
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import EventKind, RunEvent
-from martlet_molt.core.stream_log import replay_batches, replay_events, replay_text
+from martlet_molt.core.stream_log import (
+    EventKind,
+    RunEvent,
+    replay_batches,
+    replay_events,
+    replay_text,
+)
 from martlet_molt.errors import LogTrimmed
 
 Entry = tuple[bytes, Mapping[bytes, bytes]]

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from martlet_molt.core.stream_buffer import EventKind, RunEvent
+from martlet_molt.core.stream_log import EventKind, RunEvent
 
 _ENCODING = "utf-8"
 _ERRORS = "surrogatepass"  # a lone surrogate in a model's text survives the round trip

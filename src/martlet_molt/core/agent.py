@@ -16,8 +16,8 @@ from typing import Any
 
 from loguru import logger
 
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.core.tool_rounds import round_messages
 from martlet_molt.core.tools import ToolOutcome, ToolRegistry
 from martlet_molt.providers.base import (
@@ -73,27 +73,27 @@ class Agent:
         self._round_start = 0
         self._open_round: tuple[str, list[dict[str, Any]], dict[str, ToolOutcome]] | None = None
 
-    async def stream_to_buffer(self, history: Sequence[ChatMessage], buffer: StreamBuffer) -> None:
-        """Stream the reply into `buffer` (already started), running tools as the model asks."""
+    async def stream_into_log(self, history: Sequence[ChatMessage], log: LocalLog) -> None:
+        """Stream the reply into `log` (already started), running tools as the model asks."""
         messages = list(history)
         for round_number in range(1, self.max_rounds + 1):
-            self._round_start = buffer.content_length
+            self._round_start = log.content_length
             offer_tools = len(self.tools) > 0 and round_number < self.max_rounds
-            calls = await self._stream_round(messages, buffer, offer_tools=offer_tools)
+            calls = await self._stream_round(messages, log, offer_tools=offer_tools)
             if not calls:
                 return
-            messages.extend(await self._run_tools(calls, buffer))
-        logger.warning("run {} stopped after {} tool rounds", buffer.run_id, self.max_rounds)
+            messages.extend(await self._run_tools(calls, log))
+        logger.warning("run {} stopped after {} tool rounds", log.run_id, self.max_rounds)
 
     async def _stream_round(
-        self, messages: list[ChatMessage], buffer: StreamBuffer, *, offer_tools: bool
+        self, messages: list[ChatMessage], log: LocalLog, *, offer_tools: bool
     ) -> list[_PendingToolCall]:
         calls: dict[int, _PendingToolCall] = {}
         specs = self.tools.specs() if offer_tools else ()
         async for delta in self.provider.stream(messages, specs, self.options):
             if isinstance(delta, TextDelta):
-                first = buffer.first_token_at is None
-                buffer.put_sync(delta.text)
+                first = log.first_token_at is None
+                log.put_sync(delta.text)
                 if first:
                     # Let the readers send the first token now: the rest of a reply that
                     # arrived in the same read would otherwise be relayed before they run.
@@ -111,22 +111,20 @@ class Agent:
                 self.finish_reason = delta.reason
         return [calls[index] for index in sorted(calls)]
 
-    async def _run_tools(
-        self, calls: list[_PendingToolCall], buffer: StreamBuffer
-    ) -> list[ChatMessage]:
+    async def _run_tools(self, calls: list[_PendingToolCall], log: LocalLog) -> list[ChatMessage]:
         """Run one round's calls concurrently; each result goes into the log as it comes."""
-        text = self.round_text(buffer)
+        text = self.round_text(log)
         tool_calls = [call.as_openai() for call in calls]
         results: dict[str, ToolOutcome] = {}
         self._open_round = (text, tool_calls, results)
         for call in calls:
-            buffer.add_tool_call(call_id=call.call_id, name=call.name, arguments=call.joined())
-            logger.info("run {} calls tool {}", buffer.run_id, call.name)
+            log.add_tool_call(call_id=call.call_id, name=call.name, arguments=call.joined())
+            logger.info("run {} calls tool {}", log.run_id, call.name)
 
         async def run(call: _PendingToolCall) -> None:
             outcome = await self.tools.call(call.name, call.joined())
             results[call.call_id] = outcome
-            buffer.add_tool_result(
+            log.add_tool_result(
                 call_id=call.call_id,
                 name=call.name,
                 content=outcome.content,
@@ -136,7 +134,7 @@ class Agent:
 
         await asyncio.gather(*(run(call) for call in calls))
         self._open_round = None
-        self.finished_rounds.extend(round_messages(buffer.run_id, text, tool_calls, results))
+        self.finished_rounds.extend(round_messages(log.run_id, text, tool_calls, results))
         context: list[ChatMessage] = [
             {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
         ]
@@ -158,22 +156,22 @@ class Agent:
         ):
             self.usage[key] = self.usage.get(key, 0) + value
 
-    def round_text(self, buffer: StreamBuffer) -> str:
+    def round_text(self, log: LocalLog) -> str:
         """The text of the round under way (the final answer once the loop is done)."""
-        return buffer.full_content[self._round_start :]
+        return log.full_content[self._round_start :]
 
-    def messages_to_save(self, buffer: StreamBuffer, status: RunStatus) -> list[NewMessage]:
+    def messages_to_save(self, log: LocalLog, status: RunStatus) -> list[NewMessage]:
         """Everything this run adds to the session: finished tool rounds, a round cut short
         (its calls, with what returned so far), then the reply."""
         if self._open_round is not None:
             text, tool_calls, results = self._open_round
-            cut = round_messages(buffer.run_id, text, tool_calls, results)
-            reply = NewMessage("assistant", "", status=status, run_id=buffer.run_id)
+            cut = round_messages(log.run_id, text, tool_calls, results)
+            reply = NewMessage("assistant", "", status=status, run_id=log.run_id)
             return [*self.finished_rounds, *cut, reply]
         reply = NewMessage(
             "assistant",
-            buffer.text_from(self._round_start),
+            log.text_from(self._round_start),
             status=status,
-            run_id=buffer.run_id,
+            run_id=log.run_id,
         )
         return [*self.finished_rounds, reply]

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.store.base import RunRecord
 
 
@@ -26,7 +26,7 @@ class RunView:
     usage: dict[str, Any] | None
 
     @classmethod
-    def of_log(cls, log: StreamBuffer) -> RunView:
+    def of_log(cls, log: LocalLog) -> RunView:
         """The view of a live (or recently finished) run."""
         return cls(
             log.run_id,

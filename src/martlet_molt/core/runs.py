@@ -35,13 +35,14 @@ from martlet_molt.config import Settings
 from martlet_molt.core.agent import Agent
 from martlet_molt.core.elsewhere import Elsewhere
 from martlet_molt.core.leases import LeaseKeeper
+from martlet_molt.core.local_log import LocalLog, new_run_id
+from martlet_molt.core.local_logs import LocalLogs
 from martlet_molt.core.memory import TRIM_AFTER_EVICTED, release_memory
 from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.run_view import RunView
 from martlet_molt.core.saving import TAKEN_OVER_ERROR, Outcome, save_outcome
 from martlet_molt.core.session import new_session_id, to_chat_messages, to_new_message
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import StreamBuffer, StreamBufferManager, new_run_id
 from martlet_molt.core.stream_log import StreamLog
 from martlet_molt.core.tools import ToolRegistry
 from martlet_molt.errors import (
@@ -90,7 +91,7 @@ class RunManager:
         self.owner = owner
         # Several instances share runs only through a broker that reaches them all.
         self.shared = not isinstance(self.broker, MemoryBroker)
-        self.logs = StreamBufferManager(
+        self.logs = LocalLogs(
             settings.max_active_runs,
             retention_seconds=settings.run_retention_seconds,
             max_finished=settings.max_held_runs,
@@ -280,7 +281,7 @@ class RunManager:
         return log
 
     async def _begin(
-        self, log: StreamBuffer, provider: Provider, spec: RunSpec, new_session: bool
+        self, log: LocalLog, provider: Provider, spec: RunSpec, new_session: bool
     ) -> None:
         """Save the question and a pending run, then start the run's task."""
         run_id, session_id = log.run_id, log.session_id
@@ -356,7 +357,7 @@ class RunManager:
 
     async def _drive(
         self,
-        log: StreamBuffer,
+        log: LocalLog,
         agent: Agent,
         instructions: str | None,
         first_turn: list[ChatMessage] | None,
@@ -366,7 +367,7 @@ class RunManager:
             await self._stream_then_save(log, agent, instructions, first_turn)
 
     async def _context(
-        self, log: StreamBuffer, instructions: str | None, first_turn: list[ChatMessage] | None
+        self, log: LocalLog, instructions: str | None, first_turn: list[ChatMessage] | None
     ) -> list[ChatMessage]:
         """What the model is sent: the system prompt (or the request's own instructions) and
         the session's saved turns."""
@@ -379,7 +380,7 @@ class RunManager:
 
     async def _stream_then_save(
         self,
-        log: StreamBuffer,
+        log: LocalLog,
         agent: Agent,
         instructions: str | None,
         first_turn: list[ChatMessage] | None,
@@ -390,7 +391,7 @@ class RunManager:
             history = await self._context(log, instructions, first_turn)
             # The store learns `streaming` with the first checkpoint; nothing waits on it.
             log.start()
-            await agent.stream_to_buffer(history, log)
+            await agent.stream_into_log(history, log)
         except asyncio.CancelledError:
             status = RunStatus.INTERRUPTED if self._shutting_down else RunStatus.CANCELLED
             error = "interrupted" if self._shutting_down else None
@@ -445,7 +446,7 @@ class RunManager:
             time.monotonic() - started,
         )
 
-    def _count_end(self, log: StreamBuffer, status: RunStatus) -> None:
+    def _count_end(self, log: LocalLog, status: RunStatus) -> None:
         """Metrics of an ended run, once (never per chunk): both times from its creation."""
         ended = log.completed_at or log.updated_at
         first = log.first_token_at
@@ -457,7 +458,7 @@ class RunManager:
             usage=log.usage,
         )
 
-    def _end(self, log: StreamBuffer, status: RunStatus, error: str | None) -> None:
+    def _end(self, log: LocalLog, status: RunStatus, error: str | None) -> None:
         """Free the session for its next run, then tell the readers (no await between)."""
         if self._active_by_session.get(log.session_id) == log.run_id:
             del self._active_by_session[log.session_id]
@@ -504,7 +505,7 @@ class RunManager:
                 f"run {run_id} is live on another instance whose stream log cannot be read now"
             )
         status = record.status if record.status.is_final else RunStatus.INTERRUPTED
-        return StreamBuffer.from_saved(
+        return LocalLog.from_saved(
             run_id=record.run_id,
             session_id=record.session_id,
             principal=record.principal,

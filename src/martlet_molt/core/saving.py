@@ -18,8 +18,8 @@ from datetime import datetime
 from loguru import logger
 
 from martlet_molt.core.agent import Agent
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.errors import LeaseLost, MartletError
 from martlet_molt.store.base import Store
 from martlet_molt.store.reachability import is_unreachable
@@ -42,7 +42,7 @@ class Outcome:
 
 async def save_outcome(
     store: Store,
-    log: StreamBuffer,
+    log: LocalLog,
     agent: Agent,
     outcome: Outcome,
     *,

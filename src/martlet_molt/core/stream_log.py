@@ -1,20 +1,42 @@
-"""What a reader needs from a run's stream log, whoever holds it.
+"""What a reader needs from a run's stream log, whoever holds it, and the events it holds.
 
-The run's own instance holds the log itself (`StreamBuffer`); another instance reads a copy
-that follows it through the broker (`broker.remote_log.RemoteLog`). Readers (`gateway/sse.py`,
-`POST /chat`) type against `StreamLog` only, so they read either the same way: replay past a
-cursor with `events_after`, then `wait` for more, until the `end` event (`closed`).
+The run's own instance holds the log itself (`core.local_log.LocalLog`); another instance
+reads a copy that follows it through the broker (`broker.remote_log.RemoteLog`). Readers
+(`gateway/sse.py`, `POST /chat`) type against `StreamLog` only, so they read either the same
+way: replay past a cursor with `events_after`, then `wait` for more, until the `end` event
+(`closed`).
 
 `replay_batches` is the one reading loop, shared by every implementation's `read_batches`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
 
 from martlet_molt.core.status import RunStatus
-from martlet_molt.core.stream_buffer import EventKind, RunEvent
+
+
+class EventKind(StrEnum):
+    """What a stream log event says."""
+
+    DELTA = "delta"
+    TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
+    ERROR = "error"
+    END = "end"
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One event of a run. Deltas carry `text`; the others carry `data`."""
+
+    seq: int
+    kind: EventKind
+    text: str = ""
+    data: Mapping[str, Any] | None = None
 
 
 class StreamLog(Protocol):

@@ -56,7 +56,7 @@ def saved_run_messages(
     """Everything an unfinished run adds to its session, rebuilt from its checkpoint: its
     rounds (calls with the results that came back), then the reply since the last round.
 
-    `index` is the run's replay index (see `core.stream_buffer`): an int is that many
+    `index` is the run's replay index (see `core.local_log`): an int is that many
     characters of `content`, an object any other event."""
     messages: list[NewMessage] = []
     offset = round_start = 0

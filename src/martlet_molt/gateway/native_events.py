@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 
-from martlet_molt.core.stream_buffer import EventKind, RunEvent
+from martlet_molt.core.stream_log import EventKind, RunEvent
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 

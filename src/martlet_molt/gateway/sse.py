@@ -28,8 +28,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from martlet_molt.core.stream_buffer import RunEvent
-from martlet_molt.core.stream_log import StreamLog
+from martlet_molt.core.stream_log import RunEvent, StreamLog
 from martlet_molt.gateway.native_events import SseFormat, native_encoder
 from martlet_molt.metrics import Metrics
 

@@ -1,7 +1,7 @@
 """What the gateway keeps: sessions, their messages, and runs. One protocol, many backends.
 
 Records are plain frozen dataclasses; timestamps are timezone-aware UTC datetimes. A run's
-`events` is the compact replay index of its stream log (see `core.stream_buffer.EventIndex`):
+`events` is the compact replay index of its stream log (`core.local_log.LocalLog.replay_index`):
 a JSON-serialisable list where an int is a text delta of that many characters of `content`
 and an object is any other event. It lets a resume after the in-memory log is evicted answer
 with the same sequence numbers as the live run did.

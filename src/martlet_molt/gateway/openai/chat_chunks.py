@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any
 
-from martlet_molt.core.stream_buffer import EventKind, RunEvent
+from martlet_molt.core.stream_log import EventKind, RunEvent
 
 
 @dataclass(frozen=True, slots=True)

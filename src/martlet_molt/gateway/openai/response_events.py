@@ -25,8 +25,7 @@ from collections.abc import Sequence
 from json.encoder import encode_basestring
 from typing import Any
 
-from martlet_molt.core.stream_buffer import EventKind, RunEvent
-from martlet_molt.core.stream_log import StreamLog
+from martlet_molt.core.stream_log import EventKind, RunEvent, StreamLog
 from martlet_molt.gateway.openai.response_object import (
     Ending,
     ResponseHead,

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.run_spec import RunSpec
-from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.core.stream_log import until_closed
 from martlet_molt.errors import Conflict, InvalidRequest, ProviderError
 from martlet_molt.gateway.openai.chat_chunks import (
@@ -60,7 +60,7 @@ async def create_chat_completion(
         request=request,
     )
     log = await runs.start(spec)
-    created = log.created_at if isinstance(log, StreamBuffer) else datetime.now(UTC)
+    created = log.created_at if isinstance(log, LocalLog) else datetime.now(UTC)
     head = CompletionHead(log.run_id, int(created.timestamp()), body.model)
     headers = {"X-Run-Id": log.run_id, "X-Session-Id": log.session_id}
     if body.stream:

@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse
 
 from martlet_molt.config import Settings
 from martlet_molt.core.conversations import input_messages, session_to_continue
+from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.runs import RunManager
-from martlet_molt.core.stream_buffer import StreamBuffer
 from martlet_molt.core.stream_log import StreamLog, until_closed
 from martlet_molt.errors import InvalidRequest
 from martlet_molt.gateway.openai.input_items import input_item_list
@@ -74,7 +74,7 @@ async def create_response(
         request=request,
     )
     log = await runs.start(spec)
-    created = log.created_at if isinstance(log, StreamBuffer) else datetime.now(UTC)
+    created = log.created_at if isinstance(log, LocalLog) else datetime.now(UTC)
     head = ResponseHead.of_run(log.run_id, created, request, served.default)
     if body.stream:
         return _stream(log, head, -1, runs, settings)
