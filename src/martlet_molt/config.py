@@ -27,16 +27,27 @@ class Settings(BaseSettings):
 
     # Provider: the standard OpenAI variable names, no prefix.
     openai_api_key: str | None = Field(
-        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key")
+        default=None,
+        repr=False,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"),
+        description="Key for the upstream.",
     )
     openai_base_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url")
+        default=None,
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"),
+        description="Any OpenAI-compatible `/v1` URL (OpenAI, vLLM, Ollama, llama.cpp, ...).",
     )
     provider: Literal["auto", "openai", "local"] = Field(
         default="auto",
-        description="auto: openai when OPENAI_API_KEY or OPENAI_BASE_URL is set, else local.",
+        description=(
+            "`openai`, `local`, or `auto`: openai when `OPENAI_API_KEY` or `OPENAI_BASE_URL` is "
+            "set, else the local model."
+        ),
     )
-    model: str = "gpt-4o-mini"
+    model: str = Field(
+        default="gpt-4o-mini",
+        description="Model name sent upstream (the local model answers to its file name).",
+    )
     model_aliases: dict[str, str] = Field(
         default_factory=dict[str, str],
         description=(
@@ -45,50 +56,87 @@ class Settings(BaseSettings):
         ),
     )
     max_tokens: int | None = Field(
-        default=None, ge=1, description="Upper bound on tokens per model call, if set."
+        default=None,
+        ge=1,
+        description="Upper bound on tokens per model call, sent as `max_tokens` when set.",
     )
     local_model: str | None = Field(
         default=None, description="A GGUF file for the local model; default: packaged SmolLM2."
     )
-    local_threads: int | None = Field(default=None, ge=1, description="Default: the CPU count.")
-    local_parallel: int = Field(default=2, ge=1, le=64, description="Concurrent generations.")
-    local_context: int = Field(default=4096, ge=256, description="Context tokens per generation.")
-    system_prompt: str = ""
+    local_threads: int | None = Field(
+        default=None, ge=1, description="Threads for the local model; default: the CPU count."
+    )
+    local_parallel: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Concurrent local generations (slots); more runs wait in its queue.",
+    )
+    local_context: int = Field(default=4096, ge=256, description="Context tokens per slot.")
+    system_prompt: str = Field(
+        default="", description="A system message put first in every model call."
+    )
     tools: str = Field(
         default="",
-        description="Comma-separated built-in tools to enable: current_time, calculator.",
+        description=(
+            "Built-in and plug-in tools to offer the model, comma-separated: `current_time`, "
+            "`calculator`, or a plug-in's name."
+        ),
     )
-    max_tool_rounds: int = Field(default=8, ge=1, le=64)
+    max_tool_rounds: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Model-and-tools round trips per run; the last round offers no tools.",
+    )
     mcp_config: str | None = Field(
         default=None,
-        description="A JSON file of MCP servers whose tools the model may call (`mcpServers`).",
+        description=(
+            "A JSON file of MCP servers whose tools the model may call (`mcpServers`; see the "
+            "README's Tools)."
+        ),
     )
     tool_timeout_seconds: float = Field(
-        default=30.0, gt=0, description="Longest one tool call may take; then the model is told."
+        default=30.0,
+        gt=0,
+        description="Longest one tool call may take; the model then gets `error: tool timed out`.",
     )
     tool_result_max_chars: int = Field(
-        default=20_000, ge=100, description="A longer tool result is cut, saying so."
+        default=20_000,
+        ge=100,
+        description="A longer tool result is cut, ending `[truncated: N more characters]`.",
     )
     upstream_timeout_seconds: float = Field(
         default=600.0, gt=0, description="Connect and send timeout towards the upstream."
     )
     upstream_idle_timeout_seconds: float = Field(
-        default=120.0, gt=0, description="Longest the upstream may send no byte at all."
+        default=120.0,
+        gt=0,
+        description="No byte from the upstream for this long fails the run (partial reply kept).",
     )
     upstream_max_retries: int = Field(
         default=2,
         ge=0,
         le=10,
-        description="Retries of 429, 5xx and connection errors before the stream starts.",
+        description=(
+            "Retries (with backoff, honouring `Retry-After`) of 429, 5xx and connection errors "
+            "before the stream starts."
+        ),
     )
 
     # Store.
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLite (`sqlite:///path.db`) or PostgreSQL (`postgresql+asyncpg://user@host/db`).",
+    )
 
     # Several instances: a shared stream log on Redis, leases on the runs each instance owns.
     redis_url: str | None = Field(
         default=None,
-        description="Redis for several instances; unset: one process, no service needed.",
+        description=(
+            "Redis shared by several instances (needs a PostgreSQL `MARTLET_DATABASE_URL`); "
+            "unset: one process, no service needed."
+        ),
     )
     redis_prefix: str = Field(
         default="martlet",
@@ -105,20 +153,44 @@ class Settings(BaseSettings):
     )
 
     # Runs and their stream logs.
-    run_retention_seconds: float = Field(default=900.0, ge=0)
-    max_reply_chars: int = Field(default=1_000_000, ge=1)
-    max_active_runs: int = Field(default=1_000, ge=1)
+    run_retention_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description=(
+            "How long a finished run's log stays in memory; later resumes are answered from "
+            "the store."
+        ),
+    )
+    max_reply_chars: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="A longer reply ends the run as `failed`, keeping what was generated.",
+    )
+    max_active_runs: int = Field(default=1_000, ge=1, description="More concurrent runs get `429`.")
     max_held_runs: int = Field(
-        default=2_000, ge=1, description="Finished stream logs held in memory at most."
+        default=2_000,
+        ge=1,
+        description="Finished stream logs held in memory at most (the oldest evicted first).",
     )
     max_held_chars: int = Field(
         default=200_000_000, ge=1, description="Characters held by finished logs at most."
     )
-    eviction_interval_seconds: float = Field(default=5.0, gt=0)
-    checkpoint_seconds: float = Field(
-        default=1.0, gt=0, description="Partial replies reach the store at most this late."
+    eviction_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often finished logs past their retention are dropped."
     )
-    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    checkpoint_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "Partial replies reach the store at most this late (one batched write for all live "
+            "runs)."
+        ),
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long running runs may finish before they are interrupted.",
+    )
     save_retry_seconds: float = Field(
         default=60.0,
         ge=0,
@@ -126,8 +198,14 @@ class Settings(BaseSettings):
     )
 
     # HTTP edge.
-    sse_ping_seconds: float = Field(default=15.0, gt=0)
-    max_message_chars: int = Field(default=100_000, ge=1)
+    sse_ping_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="A `: ping` comment after this much silence on a stream (keeps proxies open).",
+    )
+    max_message_chars: int = Field(
+        default=100_000, ge=1, description="Longer user messages get `422`."
+    )
     max_body_bytes: int = Field(
         default=1_048_576, ge=1, description="Larger request bodies get 413 and are not read."
     )
@@ -146,7 +224,10 @@ class Settings(BaseSettings):
     )
 
     # Logging.
-    log_level: str = "INFO"
+    log_level: str = Field(
+        default="INFO",
+        description="`DEBUG` adds state changes; nothing is logged per chunk above `DEBUG`.",
+    )
 
     @property
     def provider_configured(self) -> bool:
