@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fake_upstream import SHORT_REPLY_TOKENS
-
 from bench.harness import Context, Row, Stack
 from bench.jobs import expected_text
 from bench.jobs_openai import APIS
 from bench.scenarios_relay import TOKEN_TEXT
 from bench.stats import median, ratio, summary
+from martlet_molt.testing import SHORT_REPLY_TOKENS
 
 SCENARIO = "10 OpenAI front door vs native"
 PATHS = {

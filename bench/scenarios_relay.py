@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fake_upstream import SHORT_REPLY_TOKENS
-
 from bench.harness import Context, Row, Stack
 from bench.jobs import direct, expected_text, gateway
 from bench.stats import mb, median, ratio, summary
+from martlet_molt.testing import SHORT_REPLY_TOKENS
 
 TOKEN_TEXT = "tok{i} "
 LONG_TEXT = ("lorem ipsum dolor sit amet, consectetur adipiscing elit " * 2)[:100]

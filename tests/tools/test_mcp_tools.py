@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from martlet_molt.core.tool_rounds import UNANSWERED
+from martlet_molt.testing import FakeUpstream, Script
 from tests.conftest import GatewayFactory
-from tests.fake_upstream import FakeUpstream, Script
 from tests.gateway.test_runs_api import wait_for_run
 from tests.gateway_server import GatewayServer
 from tests.sse_client import read_sse
