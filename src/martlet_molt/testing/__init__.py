@@ -17,6 +17,7 @@ In tests::
 Standalone (a client in another process, a demo, the benchmarks)::
 
     python -m martlet_molt.testing --port 8900 --tokens 50 --delay 0.01 --first-delay 0.2
+    python -m martlet_molt.testing --scripts demo.json   # replies from a JSON list, in turn
 
 which prints ``FAKE_UPSTREAM_READY http://127.0.0.1:8900/v1`` once it accepts connections
 (`--help` lists every option).
@@ -25,6 +26,7 @@ which prints ``FAKE_UPSTREAM_READY http://127.0.0.1:8900/v1`` once it accepts co
 from martlet_molt.testing.cli import READY, SHORT_REPLY_TOKENS, main
 from martlet_molt.testing.history import RequestHistory, RequestRecord
 from martlet_molt.testing.script import Script
+from martlet_molt.testing.script_file import ScriptFileError, load_scripts, parse_scripts
 from martlet_molt.testing.upstream import FakeUpstream
 
 __all__ = [
@@ -34,5 +36,8 @@ __all__ = [
     "RequestHistory",
     "RequestRecord",
     "Script",
+    "ScriptFileError",
+    "load_scripts",
     "main",
+    "parse_scripts",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from martlet_molt.testing.script import Script
+from martlet_molt.testing.script_file import ScriptFileError, load_scripts
 from martlet_molt.testing.upstream import FakeUpstream
 
 READY = "FAKE_UPSTREAM_READY"
@@ -21,6 +22,13 @@ Once it accepts connections it prints one line, `{READY} <base url>`, e.g.
 
 examples:
   python -m martlet_molt.testing --port 8900 --tokens 50 --delay 0.01 --first-delay 0.2
+  python -m martlet_molt.testing --port 8900 --scripts demo.json
+
+A scripts file is a JSON list of objects whose keys are Script's fields, e.g.
+  [{{"tool_calls": [{{"name": "library__find_book",
+                     "arguments": {{"title": "The Dispossessed"}}}}]}},
+   {{"tokens": ["It is on ", "shelf SF-12."], "delay": 0.05}}]
+Requests take them in order, and start over at the first when all were used.
 """
 
 
@@ -37,7 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", metavar="ADDRESS", help="address to listen on"
     )
     parser.add_argument("--port", type=int, default=0, help="0 (the default): a free port")
-    reply = parser.add_argument_group("reply options (every reply)")
+    parser.add_argument(
+        "--scripts",
+        metavar="FILE",
+        help="answer with the scripts of this JSON file, in turn (see below), instead of "
+        "the reply options",
+    )
+    reply = parser.add_argument_group("reply options (every reply, unless --scripts)")
     reply.add_argument("--tokens", type=int, default=20, metavar="N", help="chunks per reply")
     reply.add_argument("--delay", type=float, default=0.0, metavar="SECONDS", help="between chunks")
     reply.add_argument(
@@ -67,8 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve until interrupted."""
-    args = build_parser().parse_args(argv)
+    """Serve until interrupted; refuse a bad scripts file with a one-line error (status 2)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    rotation: list[Script] = []
+    if args.scripts is not None:
+        try:
+            rotation = load_scripts(args.scripts)
+        except ScriptFileError as exc:
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
     script = Script(
         token_count=args.tokens,
         token_text=args.token_text,
@@ -80,4 +101,5 @@ def main(argv: list[str] | None = None) -> None:
         host=args.host, port=args.port, default_script=script, max_records=args.max_records
     )
     upstream.enqueue(*(Script(token_count=SHORT_REPLY_TOKENS) for _ in range(args.short_first)))
+    upstream.rotate(rotation)
     upstream.serve_forever(lambda url: print(f"{READY} {url}", flush=True))

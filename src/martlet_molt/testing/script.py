@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import ConfigDict
 
 DEFAULT_TOKEN_COUNT = 5
 """Text chunks of a script that names neither `tokens` nor `token_count` nor tool calls."""
@@ -15,6 +17,9 @@ DEFAULT_TOKEN_COUNT = 5
 class Script:
     """One request's reply, described as data so a test (or a JSON file) can ask for exactly
     the stream, the timing and the failure it wants to put a client through."""
+
+    # Read from JSON files (`load_scripts`): a misspelt field or a wrong type is refused.
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid", strict=True)
 
     # Text: explicit chunks, or `token_count` chunks generated from `token_text`
     # ("{i}" is replaced by the chunk index). If neither is given: no text when
@@ -49,6 +54,8 @@ class Script:
         if self.tool_calls is not None:
             normalised: list[dict[str, Any]] = []
             for call in self.tool_calls:
+                if not isinstance(call.get("name"), str):
+                    raise ValueError('every tool call needs a "name" (a string)')
                 args = call.get("arguments", {})
                 normalised.append(
                     {

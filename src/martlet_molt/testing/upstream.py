@@ -8,7 +8,8 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from itertools import cycle
 from types import TracebackType
 from typing import Any
 
@@ -52,6 +53,7 @@ class FakeUpstream:
         self.models: list[str] = list(models) if models is not None else [wire.DEFAULT_MODEL]
         self.history = RequestHistory(max_records=max_records)
         self._queue: deque[Script] = deque()
+        self._rotation: Iterator[Script] | None = None
         self._aborts: set[Abort] = set()
         self._server = LoopbackServer(
             self._asgi, host=host, port=port, name="fake upstream", on_stopping=self._abort_all
@@ -122,6 +124,13 @@ class FakeUpstream:
         with self.history.lock:
             self._queue.extend(scripts)
 
+    def rotate(self, scripts: Iterable[Script]) -> None:
+        """Answer the requests the queue leaves over with these scripts in turn, starting over
+        when they are used up (instead of `default_script`), so a demo can be repeated."""
+        chosen = list(scripts)
+        with self.history.lock:
+            self._rotation = cycle(chosen) if chosen else None
+
     @property
     def queued_count(self) -> int:
         """Queued scripts no request has taken yet."""
@@ -145,6 +154,8 @@ class FakeUpstream:
                 return self.scripts_by_model[model]
             if self._queue:
                 return self._queue.popleft()
+            if self._rotation is not None:
+                return next(self._rotation)
             return self.default_script
 
     # ----------------------------------------------------------------- recording
