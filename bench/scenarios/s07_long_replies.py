@@ -136,9 +136,9 @@ def _long_rows(ctx: Context, found: dict[str, Any]) -> None:
             )
         # The first tenth includes connecting and warming up: compare tenths 2-3 with 9-10.
         # At 0 delay a reader switches between catching up (a write per 512 events) and
-        # following the live edge (a write per event), which moves one stream's tenths by
-        # 2x either way; a cost that grows with the reply shows in both gateway streams, so
-        # the flatter of the two is the one judged.
+        # following the live edge (a write per event), which moves one stream's tenths either
+        # way (docs/BENCHMARKS.md, "How the flatness rows are judged"); a cost that grows with
+        # the reply shows in both gateway streams, so the flatter of the two is the one judged.
         slope, late = min(_slope(run["deciles_us"]) for run in (gw, runs["gateway_again"]))
         ctx.add(
             Row(
