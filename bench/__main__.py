@@ -1,11 +1,12 @@
 """`python -m bench [--quick] [--only 1,3] [--profile]`: run the benchmark suite.
 
-Every scenario starts its own processes on 127.0.0.1 (fake upstream, gateway, load client;
-the pass-through proxy for scenario 0; the local model server for scenario 8; a Redis server
-and PostgreSQL databases for scenario 9), bounds every loop in count and time, and stops
-everything when it ends. Results: `bench/results/<timestamp>.json` and `.md`; plots: PNG files
-in `docs/bench/` after a complete full run, else next to the results (so smoke, partial and
-profiled runs never overwrite the committed plots).
+Every scenario (`bench/scenarios/`, one module each) starts its own processes on 127.0.0.1
+(fake upstream, gateway, load client; the pass-through proxy for scenario 2; the local model
+server for scenario 8; a Redis server and PostgreSQL databases for scenario 9), bounds every
+loop in count and time, and stops everything when it ends. Results:
+`bench/results/<timestamp>.json` and `.md`; plots: PNG files in `docs/bench/` after a complete
+full run, else next to the results (so smoke, partial and profiled runs never overwrite the
+committed plots).
 """
 
 from __future__ import annotations
@@ -14,34 +15,15 @@ import argparse
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from bench import plots, report
 from bench.harness import Context
 from bench.procs import ROOT
-from bench.scenarios_cluster import several_instances
-from bench.scenarios_local import local_model
-from bench.scenarios_openai import openai_front_door
-from bench.scenarios_relay import long_replies, relay, ttft
-from bench.scenarios_runs import fanout, resume
-from bench.scenarios_scale import concurrency
-from bench.scenarios_storm import storm
+from bench.scenarios import SCENARIOS
 
-SCENARIOS: dict[str, tuple[str, Callable[[Context], None]]] = {
-    "1": ("time to first token", ttft),
-    "2": ("relay throughput + 0 per-chunk CPU vs pass-through", relay),
-    "3": ("concurrency", concurrency),
-    "4": ("disconnect storm", storm),
-    "5": ("fan-out", fanout),
-    "6": ("resume", resume),
-    "7": ("long replies", long_replies),
-    "8": ("local model, direct vs through the gateway", local_model),
-    "9": ("several instances (Redis + PostgreSQL) beside one embedded", several_instances),
-    "10": ("OpenAI front door vs native", openai_front_door),
-}
-ALIASES = {"0": "2"}
+NUMBERS = f"{min(SCENARIOS, key=int)}-{max(SCENARIOS, key=int)}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,7 +31,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description="Run the benchmark suite.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, under 2 minutes")
     parser.add_argument(
-        "--only", default="", help="comma-separated scenario numbers (0-10), default all"
+        "--only", default="", help=f"comma-separated scenario numbers ({NUMBERS}), default all"
     )
     parser.add_argument(
         "--profile",
@@ -72,10 +54,10 @@ def selected(only: str) -> list[str]:
     """The scenario keys to run, in order."""
     if not only.strip():
         return list(SCENARIOS)
-    keys = [ALIASES.get(k.strip(), k.strip()) for k in only.split(",") if k.strip()]
+    keys = [k.strip() for k in only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in SCENARIOS]
     if unknown:
-        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; choose from 0-10")
+        raise SystemExit(f"unknown scenario(s): {', '.join(unknown)}; choose from {NUMBERS}")
     return [k for k in SCENARIOS if k in keys]
 
 
@@ -100,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         for key in keys:
-            title, run = SCENARIOS[key]
-            print(f"[{time.monotonic() - started:6.1f}s] scenario {key}: {title} ...", flush=True)
+            scenario, run = SCENARIOS[key]
+            since = time.monotonic() - started
+            print(f"[{since:6.1f}s] scenario {key}: {scenario.title} ...", flush=True)
             begin = time.monotonic()
             try:
                 run(ctx)

@@ -26,6 +26,20 @@ from bench.procs import (
 from bench.profiling import Profiler
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """Which benchmark scenario a module is: its number (the results table's, `--only`'s and
+    docs/BENCHMARKS.md's) and its title."""
+
+    number: int
+    title: str
+
+    @property
+    def label(self) -> str:
+        """How the results table names it: "7 long replies"."""
+        return f"{self.number} {self.title}"
+
+
 @dataclass
 class Row:
     """One line of the results table: `measured` is the gateway's figure, `baseline` what it is

@@ -13,6 +13,8 @@ from typing import Any
 from bench.httpclient import Mode, Response, request
 
 MESSAGE = "Tell me something long."
+TOKEN_TEXT = "tok{i} "
+"""The fake upstream's chunk text where a scenario sets no other ("{i}": the chunk's index)."""
 MODEL = "gpt-4o-mini"
 FINAL = {"completed", "failed", "cancelled", "interrupted"}
 

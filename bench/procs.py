@@ -16,6 +16,8 @@ from types import TracebackType
 
 import psutil
 
+from martlet_molt.testing import READY
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 READY_TIMEOUT = 30.0
@@ -165,7 +167,7 @@ def start_upstream(
 
 def wait_upstream(service: Service) -> None:
     """Until the fake upstream accepts connections."""
-    _wait_ready(service, "FAKE_UPSTREAM_READY")
+    _wait_ready(service, READY)
 
 
 def start_gateway(

@@ -1,9 +1,9 @@
-"""`python -m bench.upstream`: the project's fake upstream (`tests.fake_upstream`), plus one
+"""`python -m bench.upstream`: the fake upstream (`python -m martlet_molt.testing`), plus one
 option the benchmarks need: `--stamp`.
 
 With `--stamp` every chunk's text is `<index>@<monotonic_ns> `, made at the moment the upstream
 sends it, so a reader on this machine knows exactly how long each token took to reach it
-(CLOCK_MONOTONIC is shared by all processes). Without it, this is `tests.fake_upstream` as is.
+(CLOCK_MONOTONIC is shared by all processes). Without it, this is `martlet_molt.testing` as is.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 import time
 from typing import Any, SupportsIndex, overload
 
-from tests.fake_upstream import FakeUpstream, Script
-from tests.fake_upstream import main as fake_upstream_main
+from martlet_molt.testing import READY, FakeUpstream, Script
+from martlet_molt.testing import main as fake_upstream_main
 
 
 class _StampedDeltas(list[dict[str, Any]]):
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     upstream = FakeUpstream(
         host=opts.host, port=opts.port, default_script=script, max_records=opts.max_records
     )
-    upstream.serve_forever(lambda url: print(f"FAKE_UPSTREAM_READY {url}", flush=True))
+    upstream.serve_forever(lambda url: print(f"{READY} {url}", flush=True))
 
 
 if __name__ == "__main__":

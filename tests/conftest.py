@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from martlet_molt.config import Settings
-from tests.fake_upstream import FakeUpstream, Script
+from martlet_molt.testing import FakeUpstream, Script
 from tests.gateway_server import GatewayServer
 
 _model_numbers = itertools.count(1)

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from tests.fake_upstream import FakeUpstream
+from martlet_molt.testing import FakeUpstream
 
 STARTUP_TIMEOUT = 20.0
 """Seconds a gateway process may take to answer `/healthz`."""

@@ -29,8 +29,8 @@ from typer.testing import CliRunner
 from martlet_molt import terminal
 from martlet_molt.cli import cli
 from martlet_molt.client import ConnectionLost, GatewayClient, StreamEvent
+from martlet_molt.testing import FakeUpstream, Script
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream, Script
 from tests.gateway_server import GatewayServer
 from tests.sse_client import read_sse
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.process_gateway import ProcessGateways, process_gateways
 
 pytestmark = pytest.mark.timeout(60)

@@ -3,8 +3,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 from tests.sse_client import read_sse
 

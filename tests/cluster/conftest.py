@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from martlet_molt.config import Settings
+from martlet_molt.testing import FakeUpstream
 from tests.cluster.instances import Cluster, ClusterFactory, ClusterSettings
 from tests.cluster.services import redis_prefix
 from tests.databases import postgres_database_sync
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 
 StartCluster = Callable[..., Cluster]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import psutil
 
+from martlet_molt.testing import FakeUpstream
 from tests.cluster.balancer import Balancer
 from tests.cluster.services import REDIS_URL
-from tests.fake_upstream import FakeUpstream
 from tests.process_gateway import GatewayProcess, clean_env
 
 

@@ -7,9 +7,9 @@ import re
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.cluster.conftest import StartCluster
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.sse_client import SseStream, parse_lines, read_sse, split_lines
 
 pytestmark = pytest.mark.timeout(60)

@@ -17,10 +17,10 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from martlet_molt.testing import FakeUpstream
 from tests.cluster.instances import ClusterFactory, ClusterSettings
 from tests.cluster.services import REDIS_URL
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway.test_runs_api import records_of, wait_for_upstream_disconnect
 from tests.process_gateway import GatewayProcess
 from tests.sse_client import SseStream, read_sse

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from openai.types.responses import ResponseStreamEvent
 
+from martlet_molt.testing import FakeUpstream
 from tests.cluster.conftest import InstanceFactory
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.openai_api.conftest import TIMEOUT, poll_until_final, sdk_for
 
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.cluster.conftest import StartCluster
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.process_gateway import GatewayProcess
 from tests.sse_client import SseEvent, SseStream, parse_lines, split_lines
 

@@ -12,9 +12,9 @@ import random
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.cluster.conftest import InstanceFactory
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway.test_runs_api import wait_for_upstream_disconnect
 from tests.sse_client import SseEvent, SseStream, parse_lines, read_sse, split_lines
 

@@ -18,10 +18,10 @@ import pytest
 
 from martlet_molt.config import Settings
 from martlet_molt.errors import SettingsRefused
+from martlet_molt.testing import FakeUpstream
 from tests.cluster.instances import ClusterFactory
 from tests.conftest import script
 from tests.databases import fetch_rows
-from tests.fake_upstream import FakeUpstream
 from tests.process_gateway import GatewayProcess, clean_env
 from tests.sse_client import SseStream, parse_lines, split_lines
 

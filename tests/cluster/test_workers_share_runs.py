@@ -17,10 +17,10 @@ import httpx
 import psutil
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.cluster.instances import ClusterFactory
 from tests.cluster.test_workers import _wait_for_workers
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway.test_runs_api import wait_for_upstream_disconnect
 from tests.sse_client import SseEvent, SseStream, parse_lines, split_lines
 

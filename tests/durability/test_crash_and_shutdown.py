@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream, RequestRecord
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream, RequestRecord
 from tests.process_gateway import (
     GatewayProcess,
     ProcessGateways,

@@ -15,8 +15,8 @@ import httpx
 import psutil
 import pytest
 
+from martlet_molt.testing import FakeUpstream, RequestRecord, Script
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream, RequestRecord, Script
 from tests.gateway_server import GatewayServer
 from tests.sse_client import SseEvent, SseStream, read_sse
 
@@ -33,13 +33,11 @@ def queue(upstream: FakeUpstream) -> Iterator[FakeUpstream]:
     """The upstream for tests that queue scripts (their model has no script of its own, so
     each request takes the next queued one); leftovers are dropped so no other test gets them."""
     yield upstream
-    with upstream._cond:  # pyright: ignore[reportPrivateUsage]
-        upstream._queue.clear()  # pyright: ignore[reportPrivateUsage]
+    upstream.clear_queue()
 
 
 def queued(upstream: FakeUpstream) -> int:
-    with upstream._cond:  # pyright: ignore[reportPrivateUsage]
-        return len(upstream._queue)  # pyright: ignore[reportPrivateUsage]
+    return upstream.queued_count
 
 
 def client_for(gateway: GatewayServer) -> httpx.AsyncClient:

@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 
 from martlet_molt.app import create_app
 from martlet_molt.config import Settings
-from tests.fake_upstream import FakeUpstream, Script
+from martlet_molt.testing import FakeUpstream, Script
 from tests.gateway_server import GatewayServer
 
 pytestmark = pytest.mark.timeout(60)

@@ -28,8 +28,8 @@ from martlet_molt.gateway.auth import (
     principal_of,
 )
 from martlet_molt.logs import redact
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 from tests.sse_client import read_sse
 

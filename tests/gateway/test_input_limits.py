@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from martlet_molt.config import Settings
-from tests.fake_upstream import FakeUpstream, Script
+from martlet_molt.testing import FakeUpstream, Script
 from tests.gateway_server import GatewayServer
 from tests.sse_client import SseStream, parse_lines, split_lines
 

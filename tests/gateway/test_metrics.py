@@ -20,8 +20,8 @@ from martlet_molt.errors import (
 )
 from martlet_molt.metrics import UPSTREAM_ERROR_KINDS, Metrics, classify_upstream_error
 from martlet_molt.store.base import create_store
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 from tests.sse_client import read_sse
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream
 
 
 @pytest.mark.asyncio

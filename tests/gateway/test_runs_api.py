@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream, RequestRecord, Script
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream, RequestRecord, Script
 from tests.gateway_server import GatewayServer
 from tests.sse_client import SseEvent, SseStream, parse_lines, read_sse, split_lines
 

@@ -19,8 +19,8 @@ from martlet_molt.core.stream_log import EventKind
 from martlet_molt.gateway.native_events import SseFormat, encode_json, native_encoder
 from martlet_molt.gateway.sse import BATCH_EVENTS, SseResponse
 from martlet_molt.metrics import Metrics
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.timeout(15)
 

@@ -13,8 +13,8 @@ import pytest
 
 from martlet_molt.core.runs import RunManager
 from martlet_molt.store.text import PART_CHARS
+from martlet_molt.testing import FakeUpstream, RequestRecord
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream, RequestRecord
 from tests.gateway_server import GatewayServer
 from tests.sse_client import SseEvent, SseStream, parse_lines, read_sse, split_lines
 

@@ -8,8 +8,8 @@ import pytest
 from openai import APIError, OpenAI, Stream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 from tests.openai_api.conftest import TIMEOUT, poll_until_final
 

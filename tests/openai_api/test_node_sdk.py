@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 
 NODE_PROJECT = Path(__file__).resolve().parents[1] / "node"

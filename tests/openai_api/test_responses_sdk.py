@@ -13,8 +13,8 @@ from openai import BadRequestError, NotFoundError, OpenAI
 from openai.types.responses import ResponseStreamEvent
 
 from martlet_molt.core.runs import RunManager
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 from tests.openai_api.conftest import TIMEOUT, poll_until_final, sdk_for
 

@@ -20,8 +20,8 @@ from martlet_molt.errors import (
 from martlet_molt.metrics import classify_upstream_error
 from martlet_molt.providers.base import ModelOptions, TextDelta
 from martlet_molt.providers.openai import OpenAIProvider
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.web.cut_proxy import CutProxy
 
 

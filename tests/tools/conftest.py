@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_upstream import FakeUpstream
+from martlet_molt.testing import FakeUpstream
 from tests.tools.mcp_runs import ROOT, TIMEOUT, free_port
 
 

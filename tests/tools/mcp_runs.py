@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
+from martlet_molt.testing import FakeUpstream, Script
 from tests.conftest import GatewayFactory
-from tests.fake_upstream import FakeUpstream, Script
 from tests.gateway.test_runs_api import wait_for_run
 from tests.gateway_server import GatewayServer
 from tests.sse_client import read_sse

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from martlet_molt.core.tool_rounds import UNANSWERED
-from tests.fake_upstream import FakeUpstream, Script
+from martlet_molt.testing import FakeUpstream, Script
 from tests.process_gateway import ProcessGateways, process_gateways
 from tests.sse_client import read_sse
 from tests.tools.mcp_runs import journal_lines, stdio_server

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from martlet_molt.core.tool_rounds import UNANSWERED
+from martlet_molt.testing import FakeUpstream, Script
 from tests.conftest import GatewayFactory
-from tests.fake_upstream import FakeUpstream, Script
 from tests.sse_client import read_sse
 from tests.tools.mcp_runs import (
     TIMEOUT,

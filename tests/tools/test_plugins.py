@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream, Script
 from tests.conftest import GatewayFactory
-from tests.fake_upstream import FakeUpstream, Script
 from tests.sse_client import read_sse
 
 PLUGIN = '''

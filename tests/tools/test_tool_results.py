@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import GatewayFactory
-from tests.fake_upstream import FakeUpstream
 from tests.tools.mcp_runs import ask, gateway_with, results_by_tool, stdio_server, tool_call
 
 

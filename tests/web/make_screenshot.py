@@ -17,7 +17,7 @@ from pathlib import Path
 from playwright.sync_api import Page, expect, sync_playwright
 
 from martlet_molt.config import Settings
-from tests.fake_upstream import FakeUpstream, Script
+from martlet_molt.testing import FakeUpstream, Script
 from tests.gateway_server import GatewayServer
 from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
 

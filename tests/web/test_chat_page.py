@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 from tests.web.conftest import ARTIFACTS, IN_CI
 from tests.web.cut_proxy import CutProxy

@@ -10,10 +10,10 @@ import time
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.cluster.conftest import StartCluster
 from tests.cluster.instances import Cluster
 from tests.conftest import script
-from tests.fake_upstream import FakeUpstream
 from tests.web.conftest import IN_CI
 from tests.web.cut_proxy import CutProxy
 from tests.web.test_chat_page import (

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream, Script
 from tests.conftest import GatewayFactory
-from tests.fake_upstream import FakeUpstream, Script
 from tests.gateway_server import GatewayServer
 from tests.web.conftest import IN_CI
 from tests.web.test_chat_page import (

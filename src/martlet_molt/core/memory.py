@@ -6,10 +6,9 @@ every object in it is gone. After a burst of runs the few objects that outlive i
 resized tables, pooled connections) are scattered over the arenas the burst filled, so RSS
 stays at the burst's high-water mark although nearly everything was freed; no call gives those
 pages back. With `PYTHONMALLOC=malloc` small objects live on glibc's heap instead, where
-`malloc_trim(0)` returns every free page, also from the middle of the heap. Measured on a
-1,000-stream disconnect storm, once the storm's runs and upstream connections were gone: on
-pymalloc 93 % of the storm's RSS growth stayed (a trim gave back 1 MB), on malloc 52 % (a trim
-gave back 10 MB), for ~1.5 µs (~6 %) more CPU per relayed chunk and ~4 MB more at idle.
+`malloc_trim(0)` returns every free page, also from the middle of the heap. What each kept
+of a disconnect storm's RSS growth, and what malloc costs: docs/BENCHMARKS.md, "Measurements
+behind the code".
 
 So `martlet-molt serve` re-executes itself once, same pid and arguments, with
 `PYTHONMALLOC=malloc` on Linux with glibc (`use_system_malloc`), unless PYTHONMALLOC is set

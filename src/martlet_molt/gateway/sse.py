@@ -13,8 +13,8 @@ wake-up (so a hang-up during silence is noticed within one ping interval) and ca
 it ends. Nothing here touches the run: a reader ending, for any reason, ends only that reader.
 It is written by hand rather than with sse-starlette's `EventSourceResponse`, whose anyio task
 group per reader (body, pinger, shutdown and disconnect listeners) and cancel scope per send
-cost, measured in process, ~0.5 ms of CPU per reader and ~15 µs per event, against ~20 µs and
-~10 µs here (racing `receive()` against a task per log wait instead cost ~18 µs per event).
+cost more CPU per reader and per event, as racing `receive()` against a task per log wait
+instead did per event (measured: docs/BENCHMARKS.md, "Measurements behind the code").
 """
 
 from __future__ import annotations

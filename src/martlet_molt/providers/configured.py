@@ -4,8 +4,9 @@
 in this process and then talks to it through the very same `OpenAIProvider`, so every run
 behaves alike whichever model answers.
 
-Each provider's modules are imported when that provider is opened: the openai SDK (~15 MB)
-only when there is an upstream to call, the local model's only for `local`.
+Each provider's modules are imported when that provider is opened: the openai SDK (its memory:
+docs/BENCHMARKS.md, "Measurements behind the code") only when there is an upstream to call,
+the local model's only for `local`.
 """
 
 from __future__ import annotations

@@ -61,8 +61,8 @@ class OpenAIProvider:
         self._max_tokens = max_tokens
         # The SDK retries 429, 5xx and connection errors with backoff, honouring Retry-After,
         # before a response starts; the read timeout bounds silence between any two bytes.
-        # Its aiohttp transport reads a streamed body for about half the CPU per chunk of
-        # the default one (measured: ~120 against ~210 µs per paced delta).
+        # Its aiohttp transport reads a streamed body for much less CPU per chunk than the
+        # default one (docs/BENCHMARKS.md, "Measurements behind the code").
         timeouts = openai.Timeout(timeout, read=idle_timeout)
         self._client = AsyncOpenAI(
             api_key=api_key or PLACEHOLDER_API_KEY,
@@ -101,7 +101,8 @@ class OpenAIProvider:
         try:
             # The SDK's documented way to send a request it does not shape itself: the body
             # is already OpenAI's wire format, and skipping `create`'s parameter transform
-            # saves ~0.6 ms before every first token. Retries and errors are the SDK's.
+            # saves time before every first token (docs/BENCHMARKS.md, "Measurements behind
+            # the code"). Retries and errors are the SDK's.
             response = await self._client.post(
                 "/chat/completions", cast_to=httpx2.Response, body=body, stream=True
             )

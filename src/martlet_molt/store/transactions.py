@@ -5,8 +5,9 @@ whole by one of two runners:
 
 - `SqliteThreads` (SQLite): the standard library driver on threads of the store's own, one
   writer and two readers. A whole transaction is one hop to a thread and back. (An async
-  driver such as aiosqlite makes a hop per cursor operation: ~16 for starting a run, 2.7 ms
-  against 0.8 ms measured.) The single writer thread is also the queue that serialises writes.
+  driver such as aiosqlite makes a hop per cursor operation, and starting a run took several
+  times as long: docs/BENCHMARKS.md, "Measurements behind the code".) The single writer
+  thread is also the queue that serialises writes.
 - `AsyncEngineTransactions` (PostgreSQL through asyncpg): `AsyncConnection.run_sync`, which
   runs the same function on the event loop, awaiting each statement.
 
@@ -29,7 +30,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
-if TYPE_CHECKING:  # the async extension loads the ORM (~7 MB): only PostgreSQL needs it
+# The async extension loads the ORM (its memory: docs/BENCHMARKS.md, "Measurements behind the
+# code"): only PostgreSQL needs it.
+if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")

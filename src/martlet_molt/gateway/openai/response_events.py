@@ -71,7 +71,8 @@ def _dumps(payload: object) -> str:
 
 
 # A delta's text as a JSON string: what `json.dumps(text, ensure_ascii=False)` returns, without
-# the JSONEncoder that call builds each time (~10 × the cost; it runs per token and reader).
+# the JSONEncoder that call builds each time (it runs per token and reader; what that costs:
+# docs/BENCHMARKS.md, "Measurements behind the code").
 _json_string = encode_basestring
 
 

@@ -1,17 +1,19 @@
-"""Scenarios about one run and many readers: 5 fan-out, 6 resume."""
+"""Scenario 5: fan-out. One run read by 1, 10 and 100 concurrent readers (direct: as many
+separate upstream streams): per-reader delivery latency and gateway CPU per delivered event."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bench.harness import Context, Row, Stack, Trial
+from bench.harness import Context, Row, Scenario, Stack, Trial
 from bench.jobs import direct, gateway
-from bench.stats import median, ratio, summary
+from bench.stats import ratio, summary
+
+SCENARIO = Scenario(5, "fan-out")
 
 
-def fanout(ctx: Context) -> None:
-    """Scenario 5: one run read by 1, 10 and 100 concurrent readers (direct: as many separate
-    upstream streams): per-reader delivery latency and gateway CPU per delivered event."""
+def run(ctx: Context) -> None:
+    """Each level of readers twice, gateway and direct taking turns, after a warm-up."""
     levels = ctx.pick([1, 10, 30], [1, 10, 100])
     reps = ctx.pick(1, 2)
     tokens = ctx.pick(100, 300)
@@ -40,7 +42,7 @@ def fanout(ctx: Context) -> None:
         for q in ("p50", "p99"):
             ctx.add(
                 Row(
-                    "5 fan-out",
+                    SCENARIO.label,
                     f"{n} readers: delivery latency {q} (upstream send → reader)",
                     "ms",
                     g[q],
@@ -51,7 +53,7 @@ def fanout(ctx: Context) -> None:
             )
         ctx.add(
             Row(
-                "5 fan-out",
+                SCENARIO.label,
                 f"{n} readers: gateway CPU per delivered event (baseline = upstream's)",
                 "µs",
                 level["gateway_cpu_us_per_event"],
@@ -62,7 +64,7 @@ def fanout(ctx: Context) -> None:
         )
         ctx.add(
             Row(
-                "5 fan-out",
+                SCENARIO.label,
                 f"{n} readers: readers that got every event",
                 "%",
                 level["complete"] * 100,
@@ -100,56 +102,3 @@ def _figures(readers: int, trials: dict[str, list[Trial]]) -> dict[str, Any]:
         * 1e6,
         "errors": [t.result["errors"] for t in gw + up if t.result["errors"]],
     }
-
-
-def resume(ctx: Context) -> None:
-    """Scenario 6: reconnect with `Last-Event-ID` to live runs, to finished runs held in memory,
-    and to finished runs evicted to the store: time to the first replayed event. The baseline
-    is a fresh direct request's time to its first token (what re-asking the upstream costs
-    at best, with first-token delay 0)."""
-    retention, interval = ctx.pick(2.0, 5.0), 1.0
-    settings = {
-        "MARTLET_RUN_RETENTION_SECONDS": str(retention),
-        "MARTLET_EVICTION_INTERVAL_SECONDS": str(interval),
-    }
-    upstream = {"tokens": ctx.pick(200, 600), "delay": 0.01}
-    with Stack(ctx, "resume", upstream=upstream, gateway=settings) as stack:
-        trial = stack.run(
-            "resume",
-            limit=180,
-            gateway_port=stack.port("gateway"),
-            direct_port=stack.port("upstream"),
-            runs=4,
-            samples=ctx.pick(30, 200),
-            evict_wait=retention + 2.5 * interval,
-            timeout=60,
-        )
-    result = trial.result
-    phases = {
-        "live": "live run",
-        "finished": "finished run (in memory)",
-        "evicted": "finished run (from the store)",
-    }
-    found: dict[str, Any] = {}
-    for phase, label in phases.items():
-        data = result[phase]
-        g, d = summary(data["gateway"], 1000), summary(data["direct"], 1000)
-        found[phase] = {"gateway": g, "direct": d, "wrong": data["wrong"], "label": label}
-        for q in ("p50", "p99"):
-            target = "≤ 5 ms" if q == "p50" and phase != "evicted" else "—"
-            ctx.add(
-                Row(
-                    "6 resume",
-                    f"{label}: time to first replayed event {q}",
-                    "ms",
-                    g[q],
-                    target,
-                    d[q],
-                    ratio(g[q], d[q]),
-                    (g[q] <= 5 and data["wrong"] == 0) if target != "—" else None,
-                )
-            )
-    found["tails_complete"] = result["tails_complete"]
-    ctx.raw["resume"] = found
-    ctx.plots["resume"] = found
-    ctx.raw["resume_medians"] = {p: median(result[p]["gateway"]) for p in phases}

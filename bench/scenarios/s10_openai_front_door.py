@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fake_upstream import SHORT_REPLY_TOKENS
-
-from bench.harness import Context, Row, Stack
-from bench.jobs import expected_text
+from bench.harness import Context, Row, Scenario, Stack
+from bench.jobs import TOKEN_TEXT, expected_text
 from bench.jobs_openai import APIS
-from bench.scenarios_relay import TOKEN_TEXT
 from bench.stats import median, ratio, summary
+from martlet_molt.testing import SHORT_REPLY_TOKENS
 
-SCENARIO = "10 OpenAI front door vs native"
+SCENARIO = Scenario(10, "OpenAI front door vs native")
 PATHS = {
     "native": "`/chat/stream`",
     "responses": "`/v1/responses`",
@@ -25,8 +23,8 @@ TTFT_LIMIT_MS = 1.0
 CPU_LIMIT = 1.5  # × native's CPU per chunk
 
 
-def openai_front_door(ctx: Context) -> None:
-    """Scenario 10: first the sequential short replies (time to first token), then rounds of
+def run(ctx: Context) -> None:
+    """First the sequential short replies (time to first token), then rounds of
     concurrent long replies at 0 delay (CPU per chunk), the APIs taking turns in both."""
     count, warmup = ctx.pick(30, 300), ctx.pick(5, 20)
     streams, tokens, rounds = ctx.pick(5, 10), ctx.pick(1_000, 2_000), ctx.pick(1, 6)
@@ -127,7 +125,7 @@ def _rows(
             added = ttft[api][q] - native_ttft[q]
             ctx.add(
                 Row(
-                    SCENARIO,
+                    SCENARIO.label,
                     f"{PATHS[api]}: added TTFT {q} (measured = {api} − native; baseline = native)",
                     "ms",
                     added,
@@ -142,7 +140,7 @@ def _rows(
         share = ratio(measured, native_cpu)
         ctx.add(
             Row(
-                SCENARIO,
+                SCENARIO.label,
                 f"{PATHS[api]}: gateway CPU per chunk, {streams} concurrent streams × "
                 f"{tokens:,} chunks at 0 delay (baseline = native)",
                 "µs",
@@ -156,7 +154,7 @@ def _rows(
     fraction = saved["saved_equal"] / saved["runs"] if saved["runs"] else 0.0
     ctx.add(
         Row(
-            SCENARIO,
+            SCENARIO.label,
             "long replies (all three APIs) read complete and saved equal to what the upstream sent",
             "%",
             fraction * 100,

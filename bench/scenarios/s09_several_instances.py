@@ -9,22 +9,22 @@ from typing import Any
 
 from bench.cluster import SCRIPT_COMMANDS, ClusterStack, GatewaySpec, command_delta, plain_url
 from bench.cluster import unavailable as cluster_unavailable
-from bench.harness import Context, Row, Trial
+from bench.harness import Context, Row, Scenario, Trial
 from bench.jobs import gateway
 from bench.stats import mb, ratio, summary
 
-NAME = "9 several instances"
+SCENARIO = Scenario(9, "several instances")
 DELAY = 0.02  # 50 tokens/s per stream
 
 
-def several_instances(ctx: Context) -> None:
-    """Scenario 9: instances A and B share Redis and PostgreSQL; E is embedded. Delivery
+def run(ctx: Context) -> None:
+    """Instances A and B share Redis and PostgreSQL; E is embedded. Delivery
     latency of a reader on B against one on A for the same runs, Redis commands per relayed
     token, resume and cancel through B of runs A owns, many streams over A and B saved
     exactly, Redis memory per live stream; then `serve --workers 2` against `--workers 1`."""
     missing = cluster_unavailable()
     if missing:
-        ctx.add(Row(NAME, "not run", "", math.nan, note=f"skipped: {missing}"))
+        ctx.add(Row(SCENARIO.label, "not run", "", math.nan, note=f"skipped: {missing}"))
         return
     tokens = ctx.pick(50, 200)
     upstream = {"tokens": tokens, "delay": DELAY, "stamp": True}
@@ -124,7 +124,7 @@ def _relay_rows(ctx: Context, level: dict[str, Any], *, is_last: bool) -> None:
         target = "≤ 5 ms" if q == "p99" else "—"
         ctx.add(
             Row(
-                NAME,
+                SCENARIO.label,
                 f"{n} paced streams on A: delivery latency {q}, reader on B − reader on A "
                 f"(baseline = reader on A)",
                 "ms",
@@ -137,7 +137,7 @@ def _relay_rows(ctx: Context, level: dict[str, Any], *, is_last: bool) -> None:
         )
         ctx.add(
             Row(
-                NAME,
+                SCENARIO.label,
                 f"{n} paced streams: delivery latency {q}, reader on the owner A "
                 f"(baseline = 2nd reader on the embedded instance)",
                 "ms",
@@ -150,7 +150,7 @@ def _relay_rows(ctx: Context, level: dict[str, Any], *, is_last: bool) -> None:
     both = min(level["complete"].values())
     ctx.add(
         Row(
-            NAME,
+            SCENARIO.label,
             f"{n} paced streams: readers (A and B; embedded) that got every event",
             "%",
             level["complete"]["cluster"] * 100,
@@ -163,7 +163,7 @@ def _relay_rows(ctx: Context, level: dict[str, Any], *, is_last: bool) -> None:
     refused = level["reader_refused"]
     ctx.add(
         Row(
-            NAME,
+            SCENARIO.label,
             f"{n} paced streams: reader on B connected right after A's response headers, "
             "answered 503 (retried every 10 ms)",
             "%",
@@ -181,7 +181,7 @@ def _relay_rows(ctx: Context, level: dict[str, Any], *, is_last: bool) -> None:
 
     ctx.add(
         Row(
-            NAME,
+            SCENARIO.label,
             f"{n} streams × 50 tokens/s, readers on A and B: Redis commands per relayed token "
             "sent by the gateways (INFO commandstats, script-internal commands left out)",
             "commands",
@@ -195,7 +195,7 @@ def _relay_rows(ctx: Context, level: dict[str, Any], *, is_last: bool) -> None:
     )
     ctx.add(
         Row(
-            NAME,
+            SCENARIO.label,
             f"{n} streams × 50 tokens/s: Redis commands per relayed token, server side "
             "(total_commands_processed, counts each command inside a script)",
             "commands",
@@ -236,7 +236,7 @@ def _resume(ctx: Context, stack: ClusterStack) -> dict[str, Any]:
             target = "≤ 5 ms" if q == "p50" else "—"
             ctx.add(
                 Row(
-                    NAME,
+                    SCENARIO.label,
                     f"resume on B of a run owned by A, {label}: time to first replayed event "
                     f"{q} (baseline = resume on A)",
                     "ms",
@@ -250,7 +250,7 @@ def _resume(ctx: Context, stack: ClusterStack) -> dict[str, Any]:
             )
             ctx.add(
                 Row(
-                    NAME,
+                    SCENARIO.label,
                     f"resume on the owner A, {label}: time to first replayed event {q} "
                     "(baseline = embedded instance)",
                     "ms",
@@ -292,7 +292,7 @@ def _cancel(ctx: Context, stack: ClusterStack) -> dict[str, Any]:
         note = f"failures: {failures}" if failures else ""
         ctx.add(
             Row(
-                NAME,
+                SCENARIO.label,
                 f"cancel sent to B of a run owned by A until the upstream connection closes "
                 f"{q} (baseline = cancel sent to A)",
                 "ms",
@@ -306,7 +306,7 @@ def _cancel(ctx: Context, stack: ClusterStack) -> dict[str, Any]:
         )
         ctx.add(
             Row(
-                NAME,
+                SCENARIO.label,
                 f"cancel sent to the owner A until the upstream connection closes {q} "
                 "(baseline = embedded instance)",
                 "ms",
@@ -358,7 +358,7 @@ def _spread(ctx: Context, stack: ClusterStack, tokens: int) -> dict[str, Any]:
     exact = result["saved_equal"] / streams
     ctx.add(
         Row(
-            NAME,
+            SCENARIO.label,
             f"{streams} concurrent streams, half started on A and half on B: read complete and "
             "saved exactly (PostgreSQL = what the upstream sent)",
             "%",
@@ -376,7 +376,7 @@ def _spread(ctx: Context, stack: ClusterStack, tokens: int) -> dict[str, Any]:
     for q in ("p50", "p99"):
         ctx.add(
             Row(
-                NAME,
+                SCENARIO.label,
                 f"{streams} streams over A and B: token delivery latency {q}",
                 "ms",
                 found["latency_ms"][q],
@@ -386,7 +386,7 @@ def _spread(ctx: Context, stack: ClusterStack, tokens: int) -> dict[str, Any]:
     note = f"{tokens} stamped tokens per reply, {chars / 1000:.1f} KB of text"
     ctx.add(
         Row(
-            NAME,
+            SCENARIO.label,
             "Redis memory per 1,000 live streams, half-way through the job "
             "(used_memory − before, scaled)",
             "MB",
@@ -396,7 +396,7 @@ def _spread(ctx: Context, stack: ClusterStack, tokens: int) -> dict[str, Any]:
     )
     ctx.add(
         Row(
-            NAME,
+            SCENARIO.label,
             "Redis memory per 1,000 streams after they ended, before expiry",
             "MB",
             found["redis_mb_per_1000_ended"],
@@ -439,7 +439,7 @@ def _workers(ctx: Context, stack: ClusterStack, tokens: int) -> dict[str, Any]:
         w2, w1, e = ttft["w2"][q], ttft["w1"][q], ttft["embedded"][q]
         ctx.add(
             Row(
-                NAME,
+                SCENARIO.label,
                 f"{streams} concurrent new chats: time to first token {q}, serve --workers 2 "
                 "(baseline = --workers 1; both on Redis + PostgreSQL)",
                 "ms",
@@ -452,7 +452,7 @@ def _workers(ctx: Context, stack: ClusterStack, tokens: int) -> dict[str, Any]:
         )
         ctx.add(
             Row(
-                NAME,
+                SCENARIO.label,
                 f"{streams} concurrent new chats: time to first token {q}, --workers 1 on "
                 "Redis + PostgreSQL (baseline = embedded instance)",
                 "ms",
@@ -464,7 +464,7 @@ def _workers(ctx: Context, stack: ClusterStack, tokens: int) -> dict[str, Any]:
         )
     ctx.add(
         Row(
-            NAME,
+            SCENARIO.label,
             f"{streams} concurrent new chats: complete and saved, --workers 2 "
             "(baseline = --workers 1)",
             "%",

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from openai import AsyncOpenAI
 
-from tests.fake_upstream import FakeUpstream, Script
+from martlet_molt.testing import FakeUpstream, Script
 
 MODEL = "fake-model"
 MESSAGES: Any = [{"role": "user", "content": "hello there"}]

@@ -1,155 +1,19 @@
-"""Single-stream scenarios: 0 per-chunk CPU against a plain pass-through, 1 time to first
-token, 2 relay throughput, 7 long replies."""
+"""Scenario 7: long replies (1 MB and 10 MB in 100-character chunks at 0 delay): the
+gateway's RSS growth per stream, and time per chunk along the reply (flat = no quadratic
+cost)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tests.fake_upstream import SHORT_REPLY_TOKENS
+from bench.harness import Context, Row, Scenario, Stack
+from bench.jobs import TOKEN_TEXT, direct, expected_text, gateway
+from bench.stats import mb, median, ratio
+from martlet_molt.testing import SHORT_REPLY_TOKENS
 
-from bench.harness import Context, Row, Stack
-from bench.jobs import direct, expected_text, gateway
-from bench.stats import mb, median, ratio, summary
-
-TOKEN_TEXT = "tok{i} "
+SCENARIO = Scenario(7, "long replies")
 LONG_TEXT = ("lorem ipsum dolor sit amet, consectetur adipiscing elit " * 2)[:100]
-WARM_UPS = 5  # short replies a scenario-7 gateway serves before its first long one
-
-
-def relay(ctx: Context) -> None:
-    """Scenarios 0 and 2: one 20,000-token stream at 0 delay, through the gateway, through a
-    plain pass-through proxy, and straight from the upstream, interleaved."""
-    tokens = ctx.pick(5_000, 20_000)
-    reps = ctx.pick(1, 3)
-    expected = expected_text(TOKEN_TEXT, tokens)
-    per: dict[str, list[dict[str, float]]] = {"gateway": [], "passthrough": [], "direct": []}
-    with Stack(ctx, "relay", upstream={"tokens": tokens}, passthrough=True) as stack:
-        targets = {
-            "gateway": gateway(stack.port("gateway")),
-            "passthrough": direct(stack.port("passthrough")),
-            "direct": direct(stack.port("upstream")),
-        }
-        stack.run("stream", limit=60, target=targets["gateway"], expected=expected)  # warm-up
-        names = list(targets)
-        for rep in range(reps):
-            order = names[rep % 3 :] + names[: rep % 3]
-            for name in order:
-                trial = stack.run("stream", limit=180, target=targets[name], expected=expected)
-                result = trial.result
-                if result["error"] or not result["text_ok"]:
-                    raise RuntimeError(f"relay via {name} failed: {result}")
-                server = name if name != "direct" else "upstream"
-                per[name].append(
-                    {
-                        "tokens_per_s": result["events"] / result["duration"],
-                        "cpu_us_per_chunk": trial.cpu[server] / tokens * 1e6,
-                        "upstream_cpu_us_per_chunk": trial.cpu["upstream"] / tokens * 1e6,
-                        "client_cpu_us_per_chunk": trial.cpu["client"] / tokens * 1e6,
-                        "saved_ok": float(bool(result["saved_ok"])) if name == "gateway" else 1,
-                        "wall": trial.wall,
-                    }
-                )
-    med = {
-        name: {key: median([t[key] for t in trials]) for key in trials[0]}
-        for name, trials in per.items()
-    }
-    ctx.raw["relay"] = {"trials": per, "medians": med, "tokens": tokens}
-    ctx.plots["relay"] = med
-    gw, pt, up = med["gateway"], med["passthrough"], med["direct"]
-    ctx.add(
-        Row(
-            "0 per-chunk CPU vs pass-through",
-            "server CPU per chunk: gateway (direct = pass-through proxy)",
-            "µs",
-            gw["cpu_us_per_chunk"],
-            "—",
-            pt["cpu_us_per_chunk"],
-            ratio(gw["cpu_us_per_chunk"], pt["cpu_us_per_chunk"]),
-        )
-    )
-    ctx.add(
-        Row(
-            "0 per-chunk CPU vs pass-through",
-            "pass-through proxy throughput (direct = upstream)",
-            "tokens/s",
-            pt["tokens_per_s"],
-            "—",
-            up["tokens_per_s"],
-            ratio(pt["tokens_per_s"], up["tokens_per_s"]),
-        )
-    )
-    tput = ratio(gw["tokens_per_s"], up["tokens_per_s"])
-    ctx.add(
-        Row(
-            "2 relay throughput",
-            f"tokens/s, one {tokens:,}-token stream",
-            "tokens/s",
-            gw["tokens_per_s"],
-            "≥ 50 % of direct",
-            up["tokens_per_s"],
-            tput,
-            tput >= 0.5,
-        )
-    )
-    ctx.add(
-        Row(
-            "2 relay throughput",
-            "gateway CPU per chunk",
-            "µs",
-            gw["cpu_us_per_chunk"],
-            "≤ 40 µs",
-            None,
-            None,
-            gw["cpu_us_per_chunk"] <= 40,
-        )
-    )
-    ctx.add(
-        Row(
-            "2 relay throughput",
-            "reply saved equal to what the upstream sent",
-            "fraction",
-            gw["saved_ok"],
-            "1",
-            None,
-            None,
-            gw["saved_ok"] == 1,
-        )
-    )
-
-
-def ttft(ctx: Context) -> None:
-    """Scenario 1: time to first token added by the gateway, upstream first-token delay 0."""
-    count = ctx.pick(40, 300)
-    with Stack(ctx, "ttft", upstream={"tokens": 3}) as stack:
-        trial = stack.run(
-            "ttft",
-            limit=240,
-            gateway_port=stack.port("gateway"),
-            direct_port=stack.port("upstream"),
-            count=count,
-            warmup=ctx.pick(10, 20),
-        )
-    result = trial.result
-    if result["error_count"]:
-        raise RuntimeError(f"ttft had errors: {result['errors']}")
-    gw, up = summary(result["gateway"], 1000), summary(result["direct"], 1000)
-    hdr = summary(result["gateway_hdr"], 1000)
-    ctx.raw["ttft"] = {"gateway": gw, "direct": up, "gateway_headers": hdr, "count": count}
-    ctx.plots["ttft"] = {"gateway": result["gateway"], "direct": result["direct"]}
-    for q, limit in (("p50", 2.0), ("p99", 10.0)):
-        added = gw[q] - up[q]
-        ctx.add(
-            Row(
-                "1 time to first token",
-                f"added TTFT {q} (measured = gateway − direct)",
-                "ms",
-                added,
-                f"≤ {limit:g} ms",
-                up[q],
-                ratio(gw[q], up[q]),
-                added <= limit,
-            )
-        )
+WARM_UPS = 5  # short replies a gateway serves before its first long one
 
 
 def _deciles(times: list[float]) -> list[float]:
@@ -162,12 +26,12 @@ def _deciles(times: list[float]) -> list[float]:
     return out
 
 
-def long_replies(ctx: Context) -> None:
-    """Scenario 7: 1 MB and 10 MB replies in 100-character chunks at 0 delay: RSS growth per
-    stream, and time per chunk along the reply (flat = no quadratic cost)."""
+def run(ctx: Context) -> None:
+    """Each size on a fresh gateway that first serves short replies: gateway, direct, gateway
+    again; then the saved reply read back."""
     sizes = ctx.pick([500_000, 1_000_000], [1_000_000, 10_000_000])
     settings = {"MARTLET_MAX_REPLY_CHARS": "20000000"}
-    short = expected_text("tok{i} ", SHORT_REPLY_TOKENS)
+    short = expected_text(TOKEN_TEXT, SHORT_REPLY_TOKENS)
     found: dict[str, Any] = {}
     for size in sizes:
         tokens = size // len(LONG_TEXT)
@@ -246,7 +110,7 @@ def _long_rows(ctx: Context, found: dict[str, Any]) -> None:
             growth = run["rss_growth"]
             ctx.add(
                 Row(
-                    "7 long replies",
+                    SCENARIO.label,
                     f"{label}: gateway RSS growth, {which} stream and its save "
                     "(ratio = × reply size)",
                     "MB",
@@ -260,7 +124,7 @@ def _long_rows(ctx: Context, found: dict[str, Any]) -> None:
             read_back = run["read_back_rss_growth"]
             ctx.add(
                 Row(
-                    "7 long replies",
+                    SCENARIO.label,
                     f"{label}: gateway RSS growth, {which} stream, then `GET /runs/{{id}}` "
                     "returning the whole reply as JSON (ratio = × reply size)",
                     "MB",
@@ -272,13 +136,13 @@ def _long_rows(ctx: Context, found: dict[str, Any]) -> None:
             )
         # The first tenth includes connecting and warming up: compare tenths 2-3 with 9-10.
         # At 0 delay a reader switches between catching up (a write per 512 events) and
-        # following the live edge (a write per event), which moves one stream's tenths by
-        # 2x either way; a cost that grows with the reply shows in both gateway streams, so
-        # the flatter of the two is the one judged.
+        # following the live edge (a write per event), which moves one stream's tenths either
+        # way (docs/BENCHMARKS.md, "How the flatness rows are judged"); a cost that grows with
+        # the reply shows in both gateway streams, so the flatter of the two is the one judged.
         slope, late = min(_slope(run["deciles_us"]) for run in (gw, runs["gateway_again"]))
         ctx.add(
             Row(
-                "7 long replies",
+                SCENARIO.label,
                 f"{label}: time per chunk at the end of the reply (ratio = end / start, the "
                 "flatter of the two gateway streams; baseline = direct at the end)",
                 "µs",
@@ -291,7 +155,7 @@ def _long_rows(ctx: Context, found: dict[str, Any]) -> None:
         )
         ctx.add(
             Row(
-                "7 long replies",
+                SCENARIO.label,
                 f"{label}: saved reply equal to what the upstream sent",
                 "bool",
                 float(bool(gw["saved_ok"])),
@@ -304,7 +168,7 @@ def _long_rows(ctx: Context, found: dict[str, Any]) -> None:
         growth_ratio = ratio(cpu_per_chunk[1], cpu_per_chunk[0])
         ctx.add(
             Row(
-                "7 long replies",
+                SCENARIO.label,
                 f"gateway CPU per chunk, {labels[1]} vs {labels[0]} (baseline)",
                 "µs",
                 cpu_per_chunk[1],

@@ -1,13 +1,14 @@
-"""Scenario 3: many concurrent streams."""
+"""Scenario 3: concurrency. Many concurrent paced streams, each level on a fresh gateway."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bench.harness import Context, Row, Stack, Trial
+from bench.harness import Context, Row, Scenario, Stack, Trial
 from bench.jobs import direct, gateway
 from bench.stats import mb, median, ratio, summary
 
+SCENARIO = Scenario(3, "concurrency")
 TOKENS = 200
 DELAY = 0.02
 RSS_LIMIT_MB = 150
@@ -93,8 +94,8 @@ def _level_figures(
     }
 
 
-def concurrency(ctx: Context) -> None:
-    """Scenario 3: N concurrent streams of 200 tokens at 20 ms/token."""
+def run(ctx: Context) -> None:
+    """N concurrent streams of 200 tokens at 20 ms/token, for each level N."""
     levels = ctx.pick([20, 80], [100, 500, 1000])
     # Two interleaved rounds (gateway, direct, direct, gateway) at 100; one pair (gateway,
     # direct) at 500 and 1,000, to stay within the time budget.
@@ -103,7 +104,7 @@ def concurrency(ctx: Context) -> None:
     ctx.plots["concurrency"] = found
     for level in found:
         n, targeted = level["streams"], level["targeted"]
-        name = "3 concurrency"
+        name = SCENARIO.label
         both = min(level["complete"], level["saved"])
         ctx.add(
             Row(

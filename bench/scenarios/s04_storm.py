@@ -6,15 +6,17 @@ import random
 import time
 from typing import Any
 
-from bench.harness import Context, Row, Stack, Trial
-from bench.jobs import direct, expected_text, gateway
-from bench.scenarios_scale import DELAY
+from bench.harness import Context, Row, Scenario, Stack, Trial
+from bench.jobs import TOKEN_TEXT, direct, expected_text, gateway
 from bench.stats import mb, median, ratio
 from martlet_molt.core.memory import FOLLOW_UP_SECONDS
 
+SCENARIO = Scenario(4, "disconnect storm")
+DELAY = 0.02  # 20 ms per token, as scenario 3
 
-def storm(ctx: Context) -> None:
-    """Scenario 4: streams whose clients drop at random points; every reply must still be saved
+
+def run(ctx: Context) -> None:
+    """Streams whose clients drop at random points; every reply must still be saved
     whole, and memory must come back once the finished logs' retention has passed. A second
     storm after that tells memory kept for reuse (flat) from memory leaked (growing)."""
     n, tokens = ctx.pick(100, 1000), 100
@@ -23,7 +25,7 @@ def storm(ctx: Context) -> None:
         "MARTLET_RUN_RETENTION_SECONDS": str(retention),
         "MARTLET_EVICTION_INTERVAL_SECONDS": str(interval),
     }
-    expected = expected_text("tok{i} ", tokens)
+    expected = expected_text(TOKEN_TEXT, tokens)
     rng = random.Random(42)
     drops = [rng.randrange(0, tokens) for _ in range(n)]
     timeline: list[tuple[float, int]] = []
@@ -103,7 +105,7 @@ def _storm_rows(
     ctx: Context, n: int, first: Trial, second: Trial, plain: Trial, rss: tuple[int, ...]
 ) -> None:
     baseline, peak, after, after_second, later = rss
-    name = "4 disconnect storm"
+    name = SCENARIO.label
     for label, trial in (("first storm", first), ("second storm", second)):
         saved = trial.result.get("saved_equal", 0)
         ctx.add(

@@ -19,13 +19,13 @@ from typing import Any
 
 import httpx
 
-from bench.harness import Context, Row
+from bench.harness import Context, Row, Scenario
 from bench.procs import Monitor, Service, start_gateway, start_local_model, wait_gateway
 from bench.stats import median, ratio, summary
 
 MAX_TOKENS = 64
 PROMPT = "Request {n}: write a few sentences about the sea."
-SCENARIO = "8 local model"
+SCENARIO = Scenario(8, "local model")
 # One CPU left for the gateway and the reader: with every CPU, llama.cpp's threads (which spin
 # between tokens) compete with the gateway process, and a stalled thread stalls the whole
 # token, so a 2-CPU machine would measure contention rather than the gateway.
@@ -87,8 +87,8 @@ def _read(path: str, port: int, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def local_model(ctx: Context) -> None:
-    """Scenario 8: TTFT and tokens/s of the local model, direct vs through the gateway."""
+def run(ctx: Context) -> None:
+    """TTFT and tokens/s of the local model, direct vs through the gateway."""
     reps = ctx.pick(3, 8)
     logdir = ctx.workdir / f"local-{time.monotonic_ns()}"
     logdir.mkdir(parents=True)
@@ -180,14 +180,15 @@ def _rows(ctx: Context, per: dict[str, list[dict[str, Any]]], model_name: str) -
          up["prompt_tokens"]),
     ]  # fmt: skip
     for metric, unit, measured, baseline in rows:
-        ctx.add(Row(SCENARIO, metric, unit, measured, "—", baseline, ratio(measured, baseline)))
+        share = ratio(measured, baseline)
+        ctx.add(Row(SCENARIO.label, metric, unit, measured, "—", baseline, share))
     per_token = median([t["gateway_cpu"] / t["completion_tokens"] * 1e6 for t in per["gateway"]])
     model_per_token = median(
         [t["model_cpu"] / t["completion_tokens"] * 1e6 for t in per["gateway"]]
     )
     ctx.add(
         Row(
-            SCENARIO,
+            SCENARIO.label,
             "gateway CPU per token, gateway trials (baseline = model server CPU per token)",
             "µs",
             per_token,
