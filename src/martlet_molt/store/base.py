@@ -36,6 +36,21 @@ class SessionRecord:
     principal: str
     created_at: datetime
     updated_at: datetime
+    title: str | None = None
+    """What lists call it: its first user message's beginning, or the name a person gave it
+    (None: no user message yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHit:
+    """A session a search found, and the passage that matched best: `snippet` is plain text
+    on one line, `highlights` the [start, end) offsets of the matched words in it."""
+
+    session: SessionRecord
+    snippet: str
+    highlights: list[tuple[int, int]]
+    matched: str
+    """Where the best match is: `title` or `message`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +268,21 @@ class Store(Protocol):
         self, *, principal: str, limit: int, offset: int
     ) -> tuple[list[SessionRecord], int]:
         """One page of a principal's sessions, most recently updated first, and the total."""
+        ...
+
+    async def rename_session(
+        self, session_id: str, *, principal: str, title: str
+    ) -> SessionRecord | None:
+        """Give a principal's session a new title; None (nothing changed) if it has no such
+        session. Renaming is not activity: the session keeps its place in the list."""
+        ...
+
+    async def search_sessions(
+        self, *, principal: str, query: str, limit: int, offset: int
+    ) -> tuple[list[SessionHit], int]:
+        """One page of a principal's sessions whose title or user and assistant messages hold
+        every word of `query` (each as a prefix), best match first, and how many match. Any
+        text is a valid query: only its words count (none: nothing is found)."""
         ...
 
     async def list_messages(self, session_id: str) -> list[MessageRecord]:
