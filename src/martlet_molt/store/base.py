@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from martlet_molt.core.status import RunStatus
 from martlet_molt.store.text import StoredText
@@ -49,8 +49,8 @@ class SessionHit:
     session: SessionRecord
     snippet: str
     highlights: list[tuple[int, int]]
-    matched: str
-    """Where the best match is: `title` or `message`."""
+    matched: Literal["title", "message"]
+    """Where the best match is."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -257,6 +257,7 @@ def find_sessions(
             updated_at=row.updated_at,
             title=row.title,
         )
-        matched = "title" if row.source == "title" else "message"
-        hits.append(SessionHit(session, passage, spans, matched))
+        hits.append(
+            SessionHit(session, passage, spans, "title" if row.source == "title" else "message")
+        )
     return hits, int(rows[0].total)
