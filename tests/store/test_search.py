@@ -14,10 +14,11 @@ from martlet_molt.store.base import NewMessage, SessionHit
 from martlet_molt.store.search import (
     POSTGRES_SEARCH_INDEXES,
     SQLITE_SEARCH_TABLES,
-    fts5_query,
+    any_of,
+    fts5_term,
     highlighted,
     search_terms,
-    tsquery,
+    tsquery_term,
 )
 from martlet_molt.store.sql import SqlStore
 from martlet_molt.store.text import PART_CHARS, TextPieces
@@ -122,6 +123,11 @@ async def test_search_finds_words_in_messages_and_titles(store: SqlStore) -> Non
     assert await found(store, "LISB") == ["s1"]  # any case, as a prefix
     assert await found(store, "trams castle") == ["s1"]  # the assistant's words
     assert await found(store, "trams events") == []  # every word is needed
+    assert await found(store, "lisbon castle") == ["s1"]  # in any of the chat's texts
+    [hit], _ = await store.search_sessions(
+        principal="alice", query="castle old lisbon", limit=5, offset=0
+    )
+    assert (hit.matched, marked(hit)) == ("message", ["old", "castle"])  # the most words
     assert await found(store, "lisbon", principal="bob") == ["s3"]
     assert await found(store, "nowhere") == []
 
@@ -332,8 +338,10 @@ def test_search_terms_keep_only_words() -> None:
     assert search_terms("a a A") == ["a"]
     assert search_terms('*"()') == []
     assert len(search_terms(" ".join(f"w{i}" for i in range(40)))) == 16
-    assert fts5_query(["a", "b"]) == '"a"* "b"*'
-    assert tsquery(["a", "b"]) == "'a':* & 'b':*"
+    assert fts5_term("a") == '"a"*'
+    assert tsquery_term("a") == "'a':*"
+    assert any_of(["a", "b"], sqlite=True) == '"a"* OR "b"*'
+    assert any_of(["a", "b"], sqlite=False) == "'a':* | 'b':*"
 
 
 def test_highlighted_turns_marks_into_offsets() -> None:

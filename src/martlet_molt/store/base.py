@@ -280,9 +280,10 @@ class Store(Protocol):
     async def search_sessions(
         self, *, principal: str, query: str, limit: int, offset: int
     ) -> tuple[list[SessionHit], int]:
-        """One page of a principal's sessions whose title or user and assistant messages hold
-        every word of `query` (each as a prefix), best match first, and how many match. Any
-        text is a valid query: only its words count (none: nothing is found)."""
+        """One page of a principal's sessions holding every word of `query` (each as a
+        prefix) somewhere in their title or user and assistant messages, best match first,
+        and how many match. Any text is a valid query: only its words count (none: nothing
+        is found)."""
         ...
 
     async def list_messages(self, session_id: str) -> list[MessageRecord]:

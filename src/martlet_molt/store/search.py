@@ -12,13 +12,14 @@ The database's own full-text engine does the work, never a `LIKE` scan:
   the same expressions; ranked by `ts_rank`, passages by `ts_headline`.
 
 Both use no stemming (chats are in any language) and match each word as a prefix, so a search
-box finds "Lisbon" from "lisb". A long message is searched part by part (`store.text`): the
-words of one query are found together within one part (64 Ki characters). A person's query is
+box finds "Lisbon" from "lisb". A chat is found when it holds every word of the query
+somewhere, in its title or any of its messages (one word may be in the question, another in
+the answer); it is ranked by the sum of each word's best rank (a title match counts double),
+and shown with the passage of the text that holds the most of the words. A person's query is
 never handed to the engine's own syntax: only its words are kept (letters and digits), each
-quoted, all of them required. Tool results and system prompts are not searched: they are not
-what a person remembers a chat by.
-
-A session is found once, by its best passage; a title match counts double.
+quoted and looked up on its own. Tool results and system prompts are not searched: they are
+not what a person remembers a chat by. A long message is indexed part by part (`store.text`),
+so a passage comes from one part (64 Ki characters).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Float, Integer, String, Text, text
+from sqlalchemy import Connection, Integer, String, Text, text
 
 from martlet_molt.store.base import SessionHit, SessionRecord
 from martlet_molt.store.schema import UtcDateTime
@@ -74,66 +76,87 @@ def search_terms(query: str) -> list[str]:
     return list(dict.fromkeys(word[:MAX_TERM_CHARS] for word in words))[:MAX_TERMS]
 
 
-def fts5_query(terms: Sequence[str]) -> str:
-    """An FTS5 query requiring every term, each quoted and matched as a prefix."""
-    return " ".join(f'"{term}"*' for term in terms)
+def fts5_term(term: str) -> str:
+    """An FTS5 query for one word: quoted (so it is never syntax), matched as a prefix."""
+    return f'"{term}"*'
 
 
-def tsquery(terms: Sequence[str]) -> str:
-    """The same as a PostgreSQL `to_tsquery` text: quoted lexemes, prefixes, all required."""
-    return " & ".join(f"'{term}':*" for term in terms)
+def tsquery_term(term: str) -> str:
+    """The same as a PostgreSQL `to_tsquery` text: a quoted lexeme, matched as a prefix."""
+    return f"'{term}':*"
+
+
+def any_of(terms: Sequence[str], *, sqlite: bool) -> str:
+    """A query matching any of the terms: what a passage highlights."""
+    if sqlite:
+        return " OR ".join(fts5_term(term) for term in terms)
+    return " | ".join(tsquery_term(term) for term in terms)
 
 
 _ROLES = ", ".join(f"'{role}'" for role in SEARCHED_ROLES)
 
-_SQLITE_HITS = """
-    SELECT m.session_id AS session_id, 'message' AS source, message_search.rowid AS doc,
-           bm25(message_search) AS score
-    FROM message_search JOIN messages AS m ON m.message_id = message_search.rowid
-    WHERE message_search MATCH :match
-    UNION ALL
-    SELECT m.session_id, 'part', part_search.rowid, bm25(part_search)
-    FROM part_search JOIN messages AS m ON m.message_id = part_search.message_id
-    WHERE part_search MATCH :match
-    UNION ALL
-    SELECT title_search.session_id, 'title', title_search.rowid, 2 * bm25(title_search)
-    FROM title_search
-    WHERE title_search MATCH :match
-"""
 
-_POSTGRES_HITS = f"""
-    SELECT m.session_id AS session_id, 'message' AS source, m.message_id::bigint AS doc,
-           -ts_rank(to_tsvector('simple', m.content), to_tsquery('simple', :match)) AS score
-    FROM messages AS m
-    WHERE m.role IN ({_ROLES})
-      AND to_tsvector('simple', m.content) @@ to_tsquery('simple', :match)
-    UNION ALL
-    SELECT m.session_id, 'part', p.message_id::bigint * {PART_KEY} + p.part,
-           -ts_rank(to_tsvector('simple', p.content), to_tsquery('simple', :match))
-    FROM message_parts AS p JOIN messages AS m ON m.message_id = p.message_id
-    WHERE m.role IN ({_ROLES})
-      AND to_tsvector('simple', p.content) @@ to_tsquery('simple', :match)
-    UNION ALL
-    SELECT s.session_id, 'title', 0,
-           -2 * ts_rank(to_tsvector('simple', s.title), to_tsquery('simple', :match))
-    FROM sessions AS s
-    WHERE s.title IS NOT NULL
-      AND to_tsvector('simple', s.title) @@ to_tsquery('simple', :match)
-"""
-
-
-def _best_per_session(hits: str) -> str:
-    """Each of the principal's sessions once, by its best hit (ties: the latest message)."""
+def _sqlite_hits(n: int) -> str:
+    """Every text that holds term `n`: its session, where it is, and its rank."""
     return f"""
-        WITH hits AS ({hits}),
-        best AS (
-            SELECT h.session_id, h.source, h.doc, h.score,
-                   s.principal, s.title, s.created_at, s.updated_at,
-                   ROW_NUMBER() OVER (
-                       PARTITION BY h.session_id ORDER BY h.score, h.doc DESC
-                   ) AS n
-            FROM hits AS h JOIN sessions AS s ON s.session_id = h.session_id
+    SELECT {n} AS term, m.session_id AS session_id, 'message' AS source,
+           message_search.rowid AS doc, bm25(message_search) AS score
+    FROM message_search JOIN messages AS m ON m.message_id = message_search.rowid
+    WHERE message_search MATCH :t{n}
+    UNION ALL
+    SELECT {n}, m.session_id, 'part', part_search.rowid, bm25(part_search)
+    FROM part_search JOIN messages AS m ON m.message_id = part_search.message_id
+    WHERE part_search MATCH :t{n}
+    UNION ALL
+    SELECT {n}, title_search.session_id, 'title', title_search.rowid, 2 * bm25(title_search)
+    FROM title_search WHERE title_search MATCH :t{n}
+    """
+
+
+def _postgres_hits(n: int) -> str:
+    """The same on PostgreSQL: each expression is the one its GIN index is built on."""
+    query = f"to_tsquery('simple', :t{n})"
+    return f"""
+    SELECT {n} AS term, m.session_id AS session_id, 'message' AS source,
+           m.message_id::bigint AS doc, -ts_rank(to_tsvector('simple', m.content), {query}) AS score
+    FROM messages AS m
+    WHERE m.role IN ({_ROLES}) AND to_tsvector('simple', m.content) @@ {query}
+    UNION ALL
+    SELECT {n}, m.session_id, 'part', p.message_id::bigint * {PART_KEY} + p.part,
+           -ts_rank(to_tsvector('simple', p.content), {query})
+    FROM message_parts AS p JOIN messages AS m ON m.message_id = p.message_id
+    WHERE m.role IN ({_ROLES}) AND to_tsvector('simple', p.content) @@ {query}
+    UNION ALL
+    SELECT {n}, s.session_id, 'title', 0, -2 * ts_rank(to_tsvector('simple', s.title), {query})
+    FROM sessions AS s
+    WHERE s.title IS NOT NULL AND to_tsvector('simple', s.title) @@ {query}
+    """
+
+
+def _found(terms: int, sqlite: bool) -> str:
+    """The principal's sessions holding every term somewhere (title or any message), ranked
+    by the sum of each term's best rank, each with the text that holds the most terms."""
+    hits = "\n    UNION ALL\n".join(
+        (_sqlite_hits if sqlite else _postgres_hits)(n) for n in range(terms)
+    )
+    return f"""
+        WITH mine AS MATERIALIZED (
+            SELECT h.term, h.session_id, h.source, h.doc, h.score
+            FROM ({hits}) AS h JOIN sessions AS s ON s.session_id = h.session_id
             WHERE s.principal = :principal
+        ),
+        per_term AS (
+            SELECT session_id, term, MIN(score) AS score FROM mine GROUP BY session_id, term
+        ),
+        found AS (
+            SELECT session_id, SUM(score) AS score FROM per_term
+            GROUP BY session_id HAVING COUNT(*) = {terms}
+        ),
+        texts AS (
+            SELECT session_id, source, doc, ROW_NUMBER() OVER (
+                PARTITION BY session_id ORDER BY COUNT(*) DESC, SUM(score), doc DESC
+            ) AS n
+            FROM mine GROUP BY session_id, source, doc
         )
     """
 
@@ -142,7 +165,6 @@ _COLUMNS: dict[str, Any] = {
     "session_id": String,
     "source": String,
     "doc": Integer,
-    "score": Float,
     "principal": String,
     "title": Text,
     "created_at": UtcDateTime,
@@ -151,25 +173,26 @@ _COLUMNS: dict[str, Any] = {
 }
 
 
-def _page(hits: str) -> Any:
+@cache
+def _page(terms: int, sqlite: bool) -> Any:
     return text(
-        _best_per_session(hits)
+        _found(terms, sqlite)
         + """
-        SELECT session_id, source, doc, score, principal, title, created_at, updated_at,
-               COUNT(*) OVER () AS total
-        FROM best WHERE n = 1
-        ORDER BY score, updated_at DESC, session_id
+        SELECT f.session_id, t.source, t.doc, s.principal, s.title, s.created_at,
+               s.updated_at, COUNT(*) OVER () AS total
+        FROM found AS f
+        JOIN sessions AS s ON s.session_id = f.session_id
+        JOIN texts AS t ON t.session_id = f.session_id AND t.n = 1
+        ORDER BY f.score, s.updated_at DESC, f.session_id
         LIMIT :limit OFFSET :offset
         """
     ).columns(**_COLUMNS)
 
 
-def _count(hits: str) -> Any:
-    return text(_best_per_session(hits) + "SELECT COUNT(*) FROM best WHERE n = 1")
+@cache
+def _count(terms: int, sqlite: bool) -> Any:
+    return text(_found(terms, sqlite) + "SELECT COUNT(*) FROM found")
 
-
-_PAGE = {"sqlite": _page(_SQLITE_HITS), "postgresql": _page(_POSTGRES_HITS)}
-_COUNT = {"sqlite": _count(_SQLITE_HITS), "postgresql": _count(_POSTGRES_HITS)}
 
 _SQLITE_PASSAGES = {
     source: text(
@@ -240,13 +263,14 @@ def find_sessions(
     terms = search_terms(query)
     if not terms:
         return [], 0
-    dialect = "sqlite" if sqlite else "postgresql"
-    match = fts5_query(terms) if sqlite else tsquery(terms)
-    parameters = {"match": match, "principal": principal, "limit": limit, "offset": offset}
-    rows = conn.execute(_PAGE[dialect], parameters).all()
+    term = fts5_term if sqlite else tsquery_term
+    parameters: dict[str, Any] = {f"t{n}": term(word) for n, word in enumerate(terms)}
+    parameters.update(principal=principal, limit=limit, offset=offset)
+    rows = conn.execute(_page(len(terms), sqlite), parameters).all()
     if not rows:
-        total = conn.scalar(_COUNT[dialect], parameters) if offset else 0
+        total = conn.scalar(_count(len(terms), sqlite), parameters) if offset else 0
         return [], int(total or 0)
+    match = any_of(terms, sqlite=sqlite)
     hits: list[SessionHit] = []
     for row in rows:
         passage, spans = highlighted(_passage(conn, sqlite, row, match))
