@@ -92,6 +92,30 @@ async def test_titles_are_saved_on_the_server_and_renamed(
         assert (await client.patch("/sessions/long", json={"title": "t" * 200})).status_code == 200
 
 
+async def test_chats_through_openai_s_api_are_titled_too(
+    gateway: GatewayServer, upstream: FakeUpstream, model: str
+) -> None:
+    script(upstream, model, tokens=["Hello."])
+    async with client_for(gateway) as client:
+        messages = [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Name three rivers"},
+        ]
+        completion = await client.post(
+            "/v1/chat/completions", json={"model": model, "messages": messages}
+        )
+        assert completion.status_code == 200, completion.text
+        session_id = completion.headers["x-session-id"]
+        response = await client.post("/v1/responses", json={"model": model, "input": "Hi there"})
+        assert response.status_code == 200, response.text
+        listed = dict(await titles(client))
+        assert listed[session_id] == "Name three rivers"
+        assert "Hi there" in listed.values()
+        found = (await client.get("/sessions", params={"q": "rivers"})).json()
+        assert [h["session_id"] for h in found["sessions"]] == [session_id]
+        assert (await client.get("/sessions", params={"q": "terse"})).json()["total"] == 0
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [

@@ -25,7 +25,11 @@ from martlet_molt.errors import SchemaTooNew
 from martlet_molt.store import migrations
 from martlet_molt.store.migrations import HEAD_REVISION, database_revision, upgrade_database
 from martlet_molt.store.schema import metadata
-from martlet_molt.store.search import POSTGRES_SEARCH_INDEXES, SQLITE_SEARCH_TABLES
+from martlet_molt.store.search import (
+    POSTGRES_SEARCH_COLUMN,
+    POSTGRES_SEARCH_INDEXES,
+    SQLITE_SEARCH_TABLES,
+)
 from martlet_molt.store.sql import SqlStore
 from tests.store import legacy_schema as v3
 from tests.store.test_sql_store import start
@@ -60,6 +64,8 @@ def _not_search(name: str | None, type_: str, parent_names: Any) -> bool:
         return not any(
             name == table or name.startswith(f"{table}_") for table in SQLITE_SEARCH_TABLES
         )
+    if type_ == "column":
+        return name != POSTGRES_SEARCH_COLUMN
     return not (type_ == "index" and name in POSTGRES_SEARCH_INDEXES)
 
 

@@ -291,7 +291,7 @@ async def test_the_database_index_does_the_search(store: SqlStore) -> None:
         lines = conn.execute(
             text(
                 "EXPLAIN SELECT message_id FROM messages WHERE role IN ('user', 'assistant') "
-                "AND to_tsvector('simple', content) @@ to_tsquery('simple', 'olive:*')"
+                "AND search_vector @@ to_tsquery('simple', 'olive:*')"
             )
         )
         return "\n".join(line for (line,) in lines)

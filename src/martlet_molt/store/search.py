@@ -8,7 +8,8 @@ The database's own full-text engine does the work, never a `LIKE` scan:
   inline, with `messages` itself as its content (through the `searchable_messages` view, so
   nothing is stored twice); `part_search` the parts of long messages (rowid = message id *
   `PART_KEY` + part); `title_search` the titles. Ranked by `bm25`, passages by `snippet()`.
-- PostgreSQL: GIN indexes on `to_tsvector('simple', ...)` of the same three texts, queried with
+- PostgreSQL: a stored `search_vector` (`to_tsvector('simple', ...)`, a generated column) on
+  messages and their parts, and GIN indexes on them and on the titles' vectors, queried with
   the same expressions; ranked by `ts_rank`, passages by `ts_headline`.
 
 Both use no stemming (chats are in any language) and match each word as a prefix, so a search
@@ -49,6 +50,9 @@ PART_KEY = 1 << 20
 
 SQLITE_SEARCH_TABLES = ("message_search", "part_search", "title_search")
 """The FTS5 tables (each with its own `<name>_*` shadow tables) that revision 0005 makes."""
+
+POSTGRES_SEARCH_COLUMN = "search_vector"
+"""The generated tsvector column revision 0005 adds to `messages` and `message_parts`."""
 
 POSTGRES_SEARCH_INDEXES = (
     "ix_messages_search",
@@ -97,66 +101,68 @@ _ROLES = ", ".join(f"'{role}'" for role in SEARCHED_ROLES)
 
 
 def _sqlite_hits(n: int) -> str:
-    """Every text that holds term `n`: its session, where it is, and its rank."""
+    """Every text of the principal's that holds term `n`: its session, where it is, its rank."""
     return f"""
     SELECT {n} AS term, m.session_id AS session_id, 'message' AS source,
            message_search.rowid AS doc, bm25(message_search) AS score
-    FROM message_search JOIN messages AS m ON m.message_id = message_search.rowid
+    FROM message_search
+    JOIN messages AS m ON m.message_id = message_search.rowid
+    JOIN sessions AS s ON s.session_id = m.session_id AND s.principal = :principal
     WHERE message_search MATCH :t{n}
     UNION ALL
     SELECT {n}, m.session_id, 'part', part_search.rowid, bm25(part_search)
-    FROM part_search JOIN messages AS m ON m.message_id = part_search.message_id
+    FROM part_search
+    JOIN messages AS m ON m.message_id = part_search.message_id
+    JOIN sessions AS s ON s.session_id = m.session_id AND s.principal = :principal
     WHERE part_search MATCH :t{n}
     UNION ALL
-    SELECT {n}, title_search.session_id, 'title', title_search.rowid, 2 * bm25(title_search)
-    FROM title_search WHERE title_search MATCH :t{n}
+    SELECT {n}, s.session_id, 'title', title_search.rowid, 2 * bm25(title_search)
+    FROM title_search
+    JOIN sessions AS s ON s.session_id = title_search.session_id AND s.principal = :principal
+    WHERE title_search MATCH :t{n}
     """
 
 
 def _postgres_hits(n: int) -> str:
-    """The same on PostgreSQL: each expression is the one its GIN index is built on."""
+    """The same on PostgreSQL, on the stored `search_vector`s and the titles' expression, which
+    their GIN indexes are built on."""
     query = f"to_tsquery('simple', :t{n})"
     return f"""
     SELECT {n} AS term, m.session_id AS session_id, 'message' AS source,
-           m.message_id::bigint AS doc, -ts_rank(to_tsvector('simple', m.content), {query}) AS score
+           m.message_id::bigint AS doc, -ts_rank(m.search_vector, {query}) AS score
     FROM messages AS m
-    WHERE m.role IN ({_ROLES}) AND to_tsvector('simple', m.content) @@ {query}
+    JOIN sessions AS s ON s.session_id = m.session_id AND s.principal = :principal
+    WHERE m.role IN ({_ROLES}) AND m.search_vector @@ {query}
     UNION ALL
     SELECT {n}, m.session_id, 'part', p.message_id::bigint * {PART_KEY} + p.part,
-           -ts_rank(to_tsvector('simple', p.content), {query})
-    FROM message_parts AS p JOIN messages AS m ON m.message_id = p.message_id
-    WHERE m.role IN ({_ROLES}) AND to_tsvector('simple', p.content) @@ {query}
+           -ts_rank(p.search_vector, {query})
+    FROM message_parts AS p
+    JOIN messages AS m ON m.message_id = p.message_id
+    JOIN sessions AS s ON s.session_id = m.session_id AND s.principal = :principal
+    WHERE m.role IN ({_ROLES}) AND p.search_vector @@ {query}
     UNION ALL
     SELECT {n}, s.session_id, 'title', 0, -2 * ts_rank(to_tsvector('simple', s.title), {query})
     FROM sessions AS s
-    WHERE s.title IS NOT NULL AND to_tsvector('simple', s.title) @@ {query}
+    WHERE s.principal = :principal AND s.title IS NOT NULL
+      AND to_tsvector('simple', s.title) @@ {query}
     """
 
 
 def _found(terms: int, sqlite: bool) -> str:
     """The principal's sessions holding every term somewhere (title or any message), ranked
-    by the sum of each term's best rank, each with the text that holds the most terms."""
+    by the sum of each term's best rank."""
     hits = "\n    UNION ALL\n".join(
         (_sqlite_hits if sqlite else _postgres_hits)(n) for n in range(terms)
     )
     return f"""
-        WITH mine AS MATERIALIZED (
-            SELECT h.term, h.session_id, h.source, h.doc, h.score
-            FROM ({hits}) AS h JOIN sessions AS s ON s.session_id = h.session_id
-            WHERE s.principal = :principal
-        ),
-        per_term AS (
-            SELECT session_id, term, MIN(score) AS score FROM mine GROUP BY session_id, term
-        ),
-        found AS (
-            SELECT session_id, SUM(score) AS score FROM per_term
+        WITH hits AS MATERIALIZED ({hits}),
+        found AS MATERIALIZED (
+            SELECT session_id, SUM(score) AS score
+            FROM (
+                SELECT session_id, term, MIN(score) AS score
+                FROM hits GROUP BY session_id, term
+            ) AS per_term
             GROUP BY session_id HAVING COUNT(*) = {terms}
-        ),
-        texts AS (
-            SELECT session_id, source, doc, ROW_NUMBER() OVER (
-                PARTITION BY session_id ORDER BY COUNT(*) DESC, SUM(score), doc DESC
-            ) AS n
-            FROM mine GROUP BY session_id, source, doc
         )
     """
 
@@ -175,16 +181,29 @@ _COLUMNS: dict[str, Any] = {
 
 @cache
 def _page(terms: int, sqlite: bool) -> Any:
+    """One page of what `_found` finds, each session with the text holding the most terms
+    (then the best ranked, then the latest): looked for only among the page's sessions."""
     return text(
         _found(terms, sqlite)
-        + """
-        SELECT f.session_id, t.source, t.doc, s.principal, s.title, s.created_at,
-               s.updated_at, COUNT(*) OVER () AS total
-        FROM found AS f
-        JOIN sessions AS s ON s.session_id = f.session_id
-        JOIN texts AS t ON t.session_id = f.session_id AND t.n = 1
-        ORDER BY f.score, s.updated_at DESC, f.session_id
-        LIMIT :limit OFFSET :offset
+        + """,
+        page AS MATERIALIZED (
+            SELECT f.session_id, f.score, s.principal, s.title, s.created_at, s.updated_at,
+                   COUNT(*) OVER () AS total
+            FROM found AS f JOIN sessions AS s ON s.session_id = f.session_id
+            ORDER BY f.score, s.updated_at DESC, f.session_id
+            LIMIT :limit OFFSET :offset
+        ),
+        texts AS (
+            SELECT h.session_id, h.source, h.doc, ROW_NUMBER() OVER (
+                PARTITION BY h.session_id ORDER BY COUNT(*) DESC, SUM(h.score), h.doc DESC
+            ) AS n
+            FROM hits AS h JOIN page AS p ON p.session_id = h.session_id
+            GROUP BY h.session_id, h.source, h.doc
+        )
+        SELECT p.session_id, t.source, t.doc, p.principal, p.title, p.created_at,
+               p.updated_at, p.total
+        FROM page AS p JOIN texts AS t ON t.session_id = p.session_id AND t.n = 1
+        ORDER BY p.score, p.updated_at DESC, p.session_id
         """
     ).columns(**_COLUMNS)
 
