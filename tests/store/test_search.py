@@ -121,6 +121,8 @@ async def test_search_finds_words_in_messages_and_titles(store: SqlStore) -> Non
 
     assert await found(store, "lisbon") == ["s1"]
     assert await found(store, "LISB") == ["s1"]  # any case, as a prefix
+    [hit], _ = await store.search_sessions(principal="alice", query="lisbon", limit=5, offset=0)
+    assert (hit.matched, marked(hit)) == ("message", ["Lisbon"])  # the title is shown anyway
     assert await found(store, "trams castle") == ["s1"]  # the assistant's words
     assert await found(store, "trams events") == []  # every word is needed
     assert await found(store, "lisbon castle") == ["s1"]  # in any of the chat's texts

@@ -182,7 +182,8 @@ _COLUMNS: dict[str, Any] = {
 @cache
 def _page(terms: int, sqlite: bool) -> Any:
     """One page of what `_found` finds, each session with the text holding the most terms
-    (then the best ranked, then the latest): looked for only among the page's sessions."""
+    (a message before the title, which lists show anyway; then the best ranked, then the
+    latest): looked for only among the page's sessions."""
     return text(
         _found(terms, sqlite)
         + """,
@@ -195,7 +196,9 @@ def _page(terms: int, sqlite: bool) -> Any:
         ),
         texts AS (
             SELECT h.session_id, h.source, h.doc, ROW_NUMBER() OVER (
-                PARTITION BY h.session_id ORDER BY COUNT(*) DESC, SUM(h.score), h.doc DESC
+                PARTITION BY h.session_id
+                ORDER BY COUNT(*) DESC, CASE WHEN h.source = 'title' THEN 1 ELSE 0 END,
+                         SUM(h.score), h.doc DESC
             ) AS n
             FROM hits AS h JOIN page AS p ON p.session_id = h.session_id
             GROUP BY h.session_id, h.source, h.doc
