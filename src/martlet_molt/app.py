@@ -103,9 +103,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origin_list,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            expose_headers=["X-Run-Id", "X-Session-Id"],
+            expose_headers=["X-Run-Id", "X-Session-Id", "Content-Disposition"],
         )
     app.add_exception_handler(MartletError, martlet_error)
     app.add_exception_handler(RequestValidationError, invalid_request)

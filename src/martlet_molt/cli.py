@@ -1,5 +1,5 @@
 """The `martlet-molt` command: serve the gateway; migrate its database (`db upgrade`, `db
-current`); chat with it from a terminal (`terminal.py`).
+current`); chat with it from a terminal (`terminal.py`, `session_commands.py`).
 
 `martlet-molt serve` loads only what the gateway runs: the terminal client's commands (rich,
 Markdown rendering, an HTTP client) are registered for every other command line, and `cli`
@@ -129,10 +129,12 @@ def _server_commands() -> typer.Typer:
 
 def build_cli() -> typer.Typer:
     """Every `martlet-molt` command: the server's and the terminal client's."""
+    from martlet_molt.session_commands import register as register_session_commands
     from martlet_molt.terminal import register as register_client_commands
 
     app = _server_commands()
     register_client_commands(app)
+    register_session_commands(app)
     return app
 
 

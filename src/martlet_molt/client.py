@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
+from urllib.parse import unquote
 
 import httpx
 
@@ -79,6 +80,23 @@ class ChatStream(NamedTuple):
     run_id: str
     session_id: str
     events: AsyncGenerator[StreamEvent]
+
+
+class SessionFile(NamedTuple):
+    """An exported session: the file's bytes, and the name the gateway gives it."""
+
+    content: bytes
+    filename: str | None
+
+
+def _attachment_name(response: httpx.Response) -> str | None:
+    """The file name of a `Content-Disposition: attachment` answer, UTF-8 form preferred."""
+    disposition = response.headers.get("content-disposition", "")
+    encoded = re.search(r"filename\*=UTF-8''([^;\s]+)", disposition, re.IGNORECASE)
+    if encoded:
+        return unquote(encoded.group(1))
+    plain = re.search(r'filename="([^"]*)"', disposition)
+    return plain.group(1) if plain else None
 
 
 class _Truncated(Exception):
@@ -218,13 +236,31 @@ class GatewayClient:
         """`POST /runs/{id}/cancel`: the run as it ended."""
         return await self._json("POST", f"/runs/{run_id}/cancel")
 
-    async def list_sessions(self, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        """`GET /sessions`: a page of sessions, most recently active first."""
-        return await self._json("GET", "/sessions", params={"limit": limit, "offset": offset})
+    async def list_sessions(
+        self, limit: int = 50, offset: int = 0, query: str | None = None
+    ) -> dict[str, Any]:
+        """`GET /sessions`: a page of sessions, most recently active first; with a `query`,
+        those holding its words, best first, each with its matching `snippet`."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if query is not None:
+            params["q"] = query
+        return await self._json("GET", "/sessions", params=params)
 
     async def get_session(self, session_id: str) -> dict[str, Any]:
         """`GET /sessions/{id}`: the session's whole history."""
         return await self._json("GET", f"/sessions/{session_id}")
+
+    async def rename_session(self, session_id: str, title: str) -> dict[str, Any]:
+        """`PATCH /sessions/{id}`: give it a title every client shows; the session as listed."""
+        return await self._json("PATCH", f"/sessions/{session_id}", json={"title": title})
+
+    async def export_session(self, session_id: str, fmt: str = "markdown") -> SessionFile:
+        """`GET /sessions/{id}/export`: the session as a file (`markdown` or `json`)."""
+        request = self._http.build_request(
+            "GET", f"/sessions/{session_id}/export", params={"format": fmt}
+        )
+        response = await self._send(request)
+        return SessionFile(response.content, _attachment_name(response))
 
     async def start_stream(self, message: str, session_id: str | None = None) -> ChatStream:
         """Start a run (`POST /chat/stream`). Transport errors before the answer are retried

@@ -1,4 +1,5 @@
-"""The terminal client: `martlet-molt chat`, `attach`, `sessions` and `runs`, over `client.py`.
+"""The terminal client: `martlet-molt chat`, `attach` and `runs`, over `client.py`
+(`sessions` is in `session_commands.py`).
 
 Output: the reply goes to stdout (rich Markdown when stdout is a terminal, else the exact text,
 flushed as it streams, so it pipes cleanly; `--format json`: one JSON object per event). Ids,
@@ -25,7 +26,6 @@ from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from martlet_molt.client import ApiError, ConnectionLost, GatewayClient, GatewayError, StreamEvent
@@ -75,7 +75,8 @@ class _Progress:
     finish in any order, so each result finds its own call here."""
 
 
-def _out() -> Console:
+def stdout_console() -> Console:
+    """Where results go (stderr gets the rest)."""
     return Console(highlight=False, soft_wrap=True, emoji=False)
 
 
@@ -84,7 +85,7 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _call(make: Callable[[GatewayClient], Awaitable[T]], url: str, api_key: str | None) -> T:
+def call_gateway(make: Callable[[GatewayClient], Awaitable[T]], url: str, api_key: str | None) -> T:
     """Run one client call; gateway errors become a message and exit code 2."""
 
     async def go() -> T:
@@ -105,7 +106,9 @@ async def _render(
     """Print a run's events as they come; remember the `done` event."""
     tty_markdown = fmt is OutputFormat.TEXT and sys.stdout.isatty()
     text = ""
-    live = Live(Markdown(""), console=_out(), refresh_per_second=12, vertical_overflow="visible")
+    live = Live(
+        Markdown(""), console=stdout_console(), refresh_per_second=12, vertical_overflow="visible"
+    )
     if tty_markdown:
         live.start()
     try:
@@ -206,7 +209,8 @@ def _usage_note(usage: Any) -> str:
     return ""
 
 
-def _attach_hint(run_id: str) -> str:
+def attach_hint(run_id: str) -> str:
+    """The command that picks a run up again."""
     return f"follow it with: martlet-molt attach {run_id}"
 
 
@@ -233,9 +237,9 @@ def _interrupted(progress: _Progress) -> int:
         err.print("interrupted before the run started")
         return EXIT_LEFT_RUNNING
     if not _ask_cancel():
-        err.print(f"left run {run_id} running in the background; {_attach_hint(run_id)}")
+        err.print(f"left run {run_id} running in the background; {attach_hint(run_id)}")
         return EXIT_LEFT_RUNNING
-    run = _call(lambda client: client.cancel(run_id), progress.url, progress.api_key)
+    run = call_gateway(lambda client: client.cancel(run_id), progress.url, progress.api_key)
     err.print(f"run {run_id} {run['status']}")
     return EXIT_OK if run["status"] == "completed" else EXIT_FAILED
 
@@ -252,7 +256,7 @@ def _stream(progress: _Progress, body: Callable[[GatewayClient], Awaitable[None]
     except KeyboardInterrupt:
         raise typer.Exit(_interrupted(progress)) from None
     except ConnectionLost as exc:
-        hint = _attach_hint(exc.run_id)
+        hint = attach_hint(exc.run_id)
         err.print(f"[red]error:[/red] {escape(str(exc))}; the run may still be going; {hint}")
         raise typer.Exit(EXIT_FAILED) from None
     except ApiError as exc:
@@ -308,57 +312,6 @@ def attach(
     _stream(progress, body)
 
 
-def _when(value: Any) -> str:
-    return str(value or "")[:19].replace("T", " ")
-
-
-def sessions(
-    session_id: Annotated[
-        str | None, typer.Argument(help="Show this session's history instead of the list.")
-    ] = None,
-    limit: Annotated[int, typer.Option(help="How many sessions to list.", min=1, max=200)] = 20,
-    offset: Annotated[int, typer.Option(help="Skip this many sessions.", min=0)] = 0,
-    as_json: AsJson = False,
-    url: Url = DEFAULT_URL,
-    api_key: ApiKey = None,
-) -> None:
-    """List sessions, most recently active first; `sessions ID` prints one's history."""
-    if session_id is not None:
-        detail = _call(lambda client: client.get_session(session_id), url, api_key)
-        if as_json:
-            return typer.echo(json.dumps(detail, ensure_ascii=False, indent=2))
-        return _print_history(detail)
-    page = _call(lambda client: client.list_sessions(limit, offset), url, api_key)
-    if as_json:
-        return typer.echo(json.dumps(page, ensure_ascii=False, indent=2))
-    table = Table("session", "updated", "active run", title=f"{page['total']} session(s)")
-    for item in page["sessions"]:
-        table.add_row(item["session_id"], _when(item["updated_at"]), item["active_run_id"] or "")
-    _out().print(table)
-
-
-def _print_history(detail: dict[str, Any]) -> None:
-    out = _out()
-    out.print(f"[bold]session {escape(detail['session_id'])}[/bold]")
-    active = detail.get("active_run_id")
-    if active:
-        out.print(f"active run {active}; {_attach_hint(active)}")
-    for message in detail["messages"]:
-        role = message["role"]
-        label = f"tool {message.get('name') or ''}".strip() if role == "tool" else role
-        extras = [message["run_id"]] if role == "assistant" and message.get("run_id") else []
-        if message["status"] != "completed":
-            extras.append(message["status"])
-        header = " · ".join([label, _when(message["created_at"]), *extras])
-        out.print(f"\n[bold cyan]{escape(header)}[/bold cyan]")
-        calls: list[dict[str, Any]] = message.get("tool_calls") or []
-        for call in calls:
-            function: dict[str, Any] = call.get("function") or {}
-            out.print(escape(f"→ {function.get('name')}({function.get('arguments')})"))
-        if message["content"]:
-            out.print(escape(message["content"]))
-
-
 runs = typer.Typer(help="Inspect and cancel runs.", no_args_is_help=True)
 
 
@@ -370,10 +323,10 @@ def runs_show(
     api_key: ApiKey = None,
 ) -> None:
     """A run's status, usage and reply so far."""
-    run = _call(lambda client: client.get_run(run_id), url, api_key)
+    run = call_gateway(lambda client: client.get_run(run_id), url, api_key)
     if as_json:
         return typer.echo(json.dumps(run, ensure_ascii=False, indent=2))
-    out = _out()
+    out = stdout_console()
     for key in ("run_id", "session_id", "status", "error", "created_at", "completed_at"):
         if run.get(key):
             out.print(f"{key:<14}{escape(str(run[key]))}")
@@ -390,7 +343,7 @@ def runs_cancel(
     api_key: ApiKey = None,
 ) -> None:
     """Cancel a run (its partial reply is kept); prints its final status."""
-    run = _call(lambda client: client.cancel(run_id), url, api_key)
+    run = call_gateway(lambda client: client.cancel(run_id), url, api_key)
     typer.echo(f"run {run_id} {run['status']}")
 
 
@@ -398,5 +351,4 @@ def register(cli: typer.Typer) -> None:
     """Add the client commands to the `martlet-molt` app."""
     cli.command()(chat)
     cli.command()(attach)
-    cli.command()(sessions)
     cli.add_typer(runs, name="runs")

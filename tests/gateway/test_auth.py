@@ -307,6 +307,13 @@ async def test_cors_allows_only_configured_origins(
         exposed = answered.headers["access-control-expose-headers"].lower()
         assert "x-run-id" in exposed
         assert "x-session-id" in exposed
+        assert "content-disposition" in exposed  # an export's file name
+
+        # Renaming is a PATCH.
+        rename = {"Access-Control-Request-Method": "PATCH"}
+        renaming = await client.options("/sessions/s1", headers={"Origin": ORIGIN, **rename})
+        assert renaming.status_code == 200, renaming.text
+        assert "PATCH" in renaming.headers["access-control-allow-methods"]
 
 
 @pytest.mark.asyncio

@@ -731,7 +731,7 @@ async def test_session_listing_is_paginated_newest_first(
         assert [s["session_id"] for s in page["sessions"]] == [created[2], created[1]]
         assert all(s["active_run_id"] is None for s in page["sessions"])
         assert all(
-            set(s) == {"session_id", "created_at", "updated_at", "active_run_id"}
+            set(s) == {"session_id", "title", "created_at", "updated_at", "active_run_id"}
             for s in page["sessions"]
         )
 

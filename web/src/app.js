@@ -6,7 +6,10 @@
 //                            already shown, so a replay never shows text twice
 //   GET  /sessions/{id}      the history, and the active run to attach to (?after=0 shows the
 //                            text so far)
-//   POST /runs/{id}/cancel, GET/DELETE /sessions
+//   GET  /sessions[?q=]      the chats by their titles (saved on the server, so every browser
+//                            shows the same), or those holding the search box's words
+//   PATCH /sessions/{id}     rename; GET /sessions/{id}/export downloads a chat as a file
+//   POST /runs/{id}/cancel, DELETE /sessions
 //
 // Markdown goes marked -> DOMPurify.sanitize -> innerHTML; everything else uses textContent.
 
@@ -14,7 +17,9 @@ import DOMPurify from 'dompurify';
 import { Marked } from 'marked';
 
 const KEY_STORAGE = 'martlet.apiKey';
-const TITLE_STORAGE = 'martlet.titles';
+// Titles were once kept in this browser only; they live on the server now.
+const OLD_TITLE_STORAGE = 'martlet.titles';
+const SEARCH_DELAY_MS = 250;
 const FINAL = new Set(['completed', 'failed', 'cancelled', 'interrupted']);
 const RETRY_DELAYS_MS = [250, 500, 1000, 2000, 4000];
 const POST_RETRIES = 3;
@@ -63,6 +68,17 @@ const els = {
   keyInput: $('api-key'),
   keyForget: $('key-forget'),
   model: $('model'),
+  searchForm: $('search-form'),
+  search: $('session-search'),
+  searchSummary: $('search-summary'),
+  chatHead: $('chat-head'),
+  chatTitle: $('chat-title'),
+  chatActions: $('chat-actions'),
+  rename: $('rename'),
+  renameForm: $('rename-form'),
+  renameInput: $('rename-input'),
+  renameCancel: $('rename-cancel'),
+  downloadMenu: $('download-menu'),
 };
 
 const state = {
@@ -75,6 +91,10 @@ const state = {
   /** Bumped on every session switch, so late answers for an old view are dropped. */
   view: 0,
   askedForKey: false,
+  /** The open chat's title, as the server has it (null: none yet). */
+  title: null,
+  /** The search box's words ('' lists every chat). */
+  query: '',
 };
 
 function readStorage(name) {
@@ -206,29 +226,99 @@ function saveKey(value) {
   void openSession(state.sessionId, { force: true });
 }
 
-// ---------------------------------------------------------------- titles (kept locally)
+// ---------------------------------------------------------------- titles
 
-function readTitles() {
+/** Show the open chat's title (the server's), in the heading and the tab. */
+function showTitle(title) {
+  state.title = title || null;
+  const shown = state.title || state.sessionId || '';
+  els.chatTitle.textContent = shown;
+  els.chatHead.hidden = !state.sessionId;
+  document.title = state.sessionId ? `${shown} · martlet_molt` : 'martlet_molt';
+}
+
+function startRename() {
+  if (!state.sessionId) return;
+  els.renameInput.value = state.title || '';
+  els.renameForm.hidden = false;
+  els.chatTitle.hidden = true;
+  els.chatActions.hidden = true;
+  els.renameInput.focus();
+  els.renameInput.select();
+}
+
+function endRename() {
+  els.renameForm.hidden = true;
+  els.chatTitle.hidden = false;
+  els.chatActions.hidden = false;
+}
+
+async function saveRename() {
+  const sessionId = state.sessionId;
+  const title = els.renameInput.value.trim();
+  if (!sessionId) return;
+  if (!title) {
+    setStatus('A title cannot be blank.', 'error');
+    els.renameInput.focus();
+    return;
+  }
   try {
-    return JSON.parse(readStorage(TITLE_STORAGE) || '{}') || {};
-  } catch {
-    return {};
+    const session = await apiJson('PATCH', `sessions/${enc(sessionId)}`, { title });
+    if (sessionId !== state.sessionId) return;
+    showTitle(session.title);
+    endRename();
+    setStatus('Chat renamed.');
+    els.rename.focus();
+    void refreshSessions();
+  } catch (err) {
+    if (err.status !== 401) setStatus(`Could not rename the chat: ${err.message}`, 'error');
+    els.renameInput.focus();
   }
 }
 
-function rememberTitle(sessionId, message) {
-  const titles = readTitles();
-  if (titles[sessionId]) return;
-  titles[sessionId] = message.replace(/\s+/g, ' ').trim().slice(0, 60);
-  const ids = Object.keys(titles);
-  for (const old of ids.slice(0, Math.max(0, ids.length - 500))) delete titles[old];
-  writeStorage(TITLE_STORAGE, JSON.stringify(titles));
+// ---------------------------------------------------------------- download
+
+/** The file name a `Content-Disposition: attachment` answer gives, UTF-8 form preferred. */
+function attachmentName(response, fallback) {
+  const disposition = response.headers.get('Content-Disposition') || '';
+  const encoded = /filename\*=UTF-8''([^;\s]+)/i.exec(disposition);
+  if (encoded) {
+    try {
+      return decodeURIComponent(encoded[1]);
+    } catch {
+      // fall through to the plain name
+    }
+  }
+  const plain = /filename="([^"]*)"/.exec(disposition);
+  return plain ? plain[1] : fallback;
 }
 
-function forgetTitle(sessionId) {
-  const titles = readTitles();
-  delete titles[sessionId];
-  writeStorage(TITLE_STORAGE, JSON.stringify(titles));
+/** Fetch the chat's export (with the API key, which a plain link could not send) and hand it
+ * to the browser as a download. */
+async function download(format) {
+  const sessionId = state.sessionId;
+  els.downloadMenu.open = false;
+  if (!sessionId) return;
+  let response;
+  let blob;
+  try {
+    response = await api('GET', `sessions/${enc(sessionId)}/export?format=${enc(format)}`);
+    blob = await response.blob();
+  } catch (err) {
+    if (err.status !== 401) setStatus(`Could not download the chat: ${err.message}`, 'error');
+    return;
+  }
+  const name = attachmentName(response, `${sessionId}.${format === 'json' ? 'json' : 'md'}`);
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = name;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  setStatus(`Downloaded ${name}.`);
 }
 
 // ---------------------------------------------------------------- messages
@@ -691,10 +781,9 @@ async function openSession(sessionId, { force = false } = {}) {
   clearConversation();
   markCurrentSession();
   updateComposer();
-  if (!sessionId) {
-    document.title = 'martlet_molt';
-    return;
-  }
+  endRename();
+  showTitle(listedTitle(sessionId));
+  if (!sessionId) return;
   let detail;
   try {
     detail = await apiJson('GET', `sessions/${enc(sessionId)}`);
@@ -713,9 +802,7 @@ async function openSession(sessionId, { force = false } = {}) {
     addSavedMessage(message);
   }
   settleTools(els.conversation);
-  const firstUser = detail.messages.find((m) => m.role === 'user');
-  if (firstUser) rememberTitle(sessionId, firstUser.content);
-  document.title = `${readTitles()[sessionId] || sessionId} · martlet_molt`;
+  showTitle(detail.title);
   if (active) attach(active, sessionId);
   scrollToBottom();
   updateComposer();
@@ -747,26 +834,55 @@ function formatTime(iso) {
     : date.toLocaleDateString([], { month: 'short', day: 'numeric' });
 }
 
-let refreshing = null;
+let listTicket = 0;
+/** The titles of the chats last listed, by id (what the list shows, before a chat opens). */
+const listedTitles = new Map();
 
-async function refreshSessions() {
-  if (refreshing) return refreshing;
-  refreshing = (async () => {
-    try {
-      const page = await apiJson('GET', 'sessions?limit=100');
-      renderSessions(page.sessions);
-    } catch (err) {
-      if (err.status !== 401) setStatus(`Could not list the chats: ${err.message}`, 'error');
-    } finally {
-      refreshing = null;
-    }
-  })();
-  return refreshing;
+function listedTitle(sessionId) {
+  return (sessionId && listedTitles.get(sessionId)) || null;
 }
 
-function renderSessions(sessions) {
-  const titles = readTitles();
+/** List the chats, or those holding the search box's words; a late answer to an older
+ * request is dropped. */
+async function refreshSessions() {
+  const ticket = ++listTicket;
+  const query = state.query;
+  const path = query ? `sessions?limit=50&q=${enc(query)}` : 'sessions?limit=100';
+  try {
+    const page = await apiJson('GET', path);
+    if (ticket === listTicket) renderSessions(page, query);
+  } catch (err) {
+    if (ticket === listTicket && err.status !== 401) {
+      setStatus(`Could not list the chats: ${err.message}`, 'error');
+    }
+  }
+}
+
+/** The passage's text with its matched words in <mark> (offsets count code points). */
+function highlightedSnippet(snippet, highlights) {
+  const fragment = document.createDocumentFragment();
+  const chars = Array.from(snippet || '');
+  let at = 0;
+  for (const [start, end] of highlights || []) {
+    if (start < at || end <= start) continue;
+    fragment.append(chars.slice(at, start).join(''));
+    const mark = document.createElement('mark');
+    mark.textContent = chars.slice(start, end).join('');
+    fragment.append(mark);
+    at = end;
+  }
+  fragment.append(chars.slice(at).join(''));
+  return fragment;
+}
+
+function renderSessions(page, query) {
+  const sessions = page.sessions;
   const items = sessions.map((session) => {
+    const name = session.title || session.session_id;
+    listedTitles.set(session.session_id, session.title);
+    if (session.session_id === state.sessionId && session.title !== state.title) {
+      showTitle(session.title);
+    }
     const li = document.createElement('li');
     li.className = 'session';
     const open = document.createElement('button');
@@ -775,26 +891,51 @@ function renderSessions(sessions) {
     open.dataset.sessionId = session.session_id;
     const title = document.createElement('span');
     title.className = 'session-title';
-    title.textContent = titles[session.session_id] || session.session_id;
+    title.textContent = name;
     const meta = document.createElement('span');
-    meta.className = 'session-meta';
-    meta.textContent = session.active_run_id
-      ? 'replying…'
-      : formatTime(session.updated_at || session.created_at);
+    if (query && session.snippet && session.matched === 'message') {
+      meta.className = 'session-snippet';
+      meta.append(highlightedSnippet(session.snippet, session.highlights));
+    } else if (query && session.matched === 'title') {
+      title.replaceChildren(highlightedSnippet(session.snippet, session.highlights));
+      meta.className = 'session-meta';
+      meta.textContent = formatTime(session.updated_at || session.created_at);
+    } else {
+      meta.className = 'session-meta';
+      meta.textContent = session.active_run_id
+        ? 'replying…'
+        : formatTime(session.updated_at || session.created_at);
+    }
     open.append(title, meta);
     open.addEventListener('click', () => showSession(session.session_id));
     const remove = document.createElement('button');
     remove.type = 'button';
     remove.className = 'session-delete';
     remove.textContent = '✕';
-    remove.setAttribute('aria-label', `Delete chat ${title.textContent}`);
-    remove.addEventListener('click', () => void deleteSession(session.session_id, remove, title.textContent));
+    remove.setAttribute('aria-label', `Delete chat ${name}`);
+    remove.addEventListener('click', () => void deleteSession(session.session_id, remove, name));
     li.append(open, remove);
     return li;
   });
   els.sessionList.replaceChildren(...items);
+  els.sessionEmpty.textContent = query ? 'No chat holds these words.' : 'No chats yet.';
   els.sessionEmpty.hidden = items.length > 0;
+  els.searchSummary.textContent = query
+    ? `${page.total} ${page.total === 1 ? 'chat' : 'chats'} found`
+    : '';
   markCurrentSession();
+}
+
+let searchTimer = null;
+
+function searchChanged() {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    const query = els.search.value.trim();
+    if (query === state.query) return;
+    state.query = query;
+    void refreshSessions();
+  }, SEARCH_DELAY_MS);
 }
 
 async function deleteSession(sessionId, button, title) {
@@ -819,7 +960,7 @@ async function deleteSession(sessionId, button, title) {
       return;
     }
   }
-  forgetTitle(sessionId);
+  listedTitles.delete(sessionId);
   setStatus('Chat deleted.');
   if (sessionId === state.sessionId) showSession(null);
   await refreshSessions();
@@ -890,7 +1031,6 @@ async function send(text) {
   // The page reads the run through GET /runs/{id}/stream, which resumes; this body is not needed.
   controller.abort();
   state.sending = false;
-  if (newSessionId) rememberTitle(newSessionId, text);
   if (view !== state.view) {
     // The user switched chats meanwhile; the run goes on and is saved.
     updateComposer();
@@ -900,7 +1040,7 @@ async function send(text) {
   if (newSessionId !== state.sessionId) {
     state.sessionId = newSessionId;
     window.history.replaceState(null, '', `#session=${newSessionId}`);
-    document.title = `${readTitles()[newSessionId] || newSessionId} · martlet_molt`;
+    showTitle(null); // the server titled it from this message: the list brings the title
   }
   if (runId) attach(runId, newSessionId);
   updateComposer();
@@ -953,7 +1093,43 @@ async function showModel() {
 }
 
 function start() {
+  writeStorage(OLD_TITLE_STORAGE, null);
   els.keyInput.value = state.apiKey;
+  els.search.addEventListener('input', searchChanged);
+  els.searchForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    clearTimeout(searchTimer);
+    state.query = els.search.value.trim();
+    void refreshSessions();
+  });
+  els.search.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && els.search.value) {
+      e.preventDefault();
+      e.stopPropagation();
+      els.search.value = '';
+      searchChanged();
+    }
+  });
+  els.rename.addEventListener('click', startRename);
+  els.renameForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    void saveRename();
+  });
+  els.renameCancel.addEventListener('click', () => {
+    endRename();
+    els.rename.focus();
+  });
+  els.renameInput.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      e.stopPropagation();
+      endRename();
+      els.rename.focus();
+    }
+  });
+  for (const option of els.downloadMenu.querySelectorAll('button[data-format]')) {
+    option.addEventListener('click', () => void download(option.dataset.format));
+  }
   els.keyForm.addEventListener('submit', (e) => {
     e.preventDefault();
     saveKey(els.keyInput.value);
@@ -981,6 +1157,7 @@ function start() {
   document.addEventListener('click', (e) => {
     const inside = els.sidebar.contains(e.target) || els.sessionsToggle.contains(e.target);
     if (!inside && document.body.classList.contains('sidebar-open')) closeSidebar();
+    if (els.downloadMenu.open && !els.downloadMenu.contains(e.target)) els.downloadMenu.open = false;
   });
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Escape' && document.body.classList.contains('sidebar-open')) {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from martlet_molt.core.session import SESSION_ID_PATTERN
 from martlet_molt.core.status import RunStatus
+from martlet_molt.core.titles import MAX_TITLE_CHARS, checked_title
 
 CLIENT_REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 
@@ -81,9 +82,37 @@ class SessionSummary(BaseModel):
     """A session in a listing."""
 
     session_id: str
+    title: str | None = Field(
+        description="From its first user message, or as renamed; null before any user message."
+    )
     created_at: datetime
     updated_at: datetime
     active_run_id: str | None
+
+
+class SessionHit(SessionSummary):
+    """A session a search found, with the passage that matched best."""
+
+    snippet: str = Field(description="The passage, plain text on one line.")
+    highlights: list[tuple[int, int]] = Field(
+        description="[start, end) offsets (in characters) of the matched words in `snippet`."
+    )
+    matched: Literal["title", "message"] = Field(description="Where the passage comes from.")
+
+
+class SessionUpdate(BaseModel):
+    """A change to a session: its new title."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(
+        description=f"1-{MAX_TITLE_CHARS} characters on one line (surrounding blanks dropped)."
+    )
+
+    @field_validator("title")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return checked_title(value)
 
 
 class SessionDetail(SessionSummary):
@@ -92,10 +121,30 @@ class SessionDetail(SessionSummary):
     messages: list[MessageResponse]
 
 
+class SessionExport(BaseModel):
+    """A session as a JSON file: everything the API shows of it, to keep or move elsewhere."""
+
+    format: Literal["martlet_molt.session"] = "martlet_molt.session"
+    version: Literal[1] = 1
+    exported_at: datetime
+    session: SessionSummary
+    messages: list[MessageResponse]
+
+
 class SessionPage(BaseModel):
     """One page of sessions."""
 
     sessions: list[SessionSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class SessionSearchPage(BaseModel):
+    """One page of the sessions a search found, best first, and how many it found."""
+
+    query: str
+    sessions: list[SessionHit]
     total: int
     limit: int
     offset: int

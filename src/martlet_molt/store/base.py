@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from martlet_molt.core.status import RunStatus
 from martlet_molt.store.text import StoredText
@@ -36,6 +36,21 @@ class SessionRecord:
     principal: str
     created_at: datetime
     updated_at: datetime
+    title: str | None = None
+    """What lists call it: its first user message's beginning, or the name a person gave it
+    (None: no user message yet)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHit:
+    """A session a search found, and the passage that matched best: `snippet` is plain text
+    on one line, `highlights` the [start, end) offsets of the matched words in it."""
+
+    session: SessionRecord
+    snippet: str
+    highlights: list[tuple[int, int]]
+    matched: Literal["title", "message"]
+    """Where the best match is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +268,22 @@ class Store(Protocol):
         self, *, principal: str, limit: int, offset: int
     ) -> tuple[list[SessionRecord], int]:
         """One page of a principal's sessions, most recently updated first, and the total."""
+        ...
+
+    async def rename_session(
+        self, session_id: str, *, principal: str, title: str
+    ) -> SessionRecord | None:
+        """Give a principal's session a new title; None (nothing changed) if it has no such
+        session. Renaming is not activity: the session keeps its place in the list."""
+        ...
+
+    async def search_sessions(
+        self, *, principal: str, query: str, limit: int, offset: int
+    ) -> tuple[list[SessionHit], int]:
+        """One page of a principal's sessions holding every word of `query` (each as a
+        prefix) somewhere in their title or user and assistant messages, best match first,
+        and how many match. Any text is a valid query: only its words count (none: nothing
+        is found)."""
         ...
 
     async def list_messages(self, session_id: str) -> list[MessageRecord]:

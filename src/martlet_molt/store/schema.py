@@ -2,7 +2,8 @@
 
 `metadata` is the schema's current shape, for building queries; the migrations
 (`store/migrations/versions/`) make it. When a table changes, change it here and add a
-revision; a test checks that migrating an empty database yields exactly `metadata`.
+revision; a test checks that migrating an empty database yields exactly `metadata`, less the
+full-text search objects each database has of its own kind (`store/search.py`).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ sessions = Table(
     Column("principal", String(_ID), nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+    # Set from the first user message when it is saved; a person may rename it.
+    Column("title", Text, nullable=True),
     Index("ix_sessions_principal_updated", "principal", "updated_at"),
 )
 
@@ -202,6 +205,7 @@ def session_record(m: RowMapping) -> SessionRecord:
         principal=m["principal"],
         created_at=m["created_at"],
         updated_at=m["updated_at"],
+        title=m["title"],
     )
 
 

@@ -30,8 +30,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -52,6 +50,7 @@ from martlet_molt.store.base import (
     NewMessage,
     RenewedLeases,
     RunRecord,
+    SessionHit,
     SessionRecord,
 )
 from martlet_molt.store.final import (
@@ -72,6 +71,13 @@ from martlet_molt.store.parts import (
 from martlet_molt.store.schema import UNFINISHED, message_record, run_parts, runs, session_record
 from martlet_molt.store.schema import messages as messages_table
 from martlet_molt.store.schema import sessions as sessions_table
+from martlet_molt.store.search import find_sessions
+from martlet_molt.store.sessions import (
+    RENAME_SESSION,
+    SELECT_SESSION,
+    UPSERT_SESSION,
+    first_title,
+)
 from martlet_molt.store.text import StoredText
 from martlet_molt.store.transactions import T, Transactions, Work, open_transactions
 
@@ -80,19 +86,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _session_upsert(dialect_insert: Any) -> Any:
-    """Create a session or touch it, handing back its owner either way."""
-    upsert = dialect_insert(sessions_table)
-    return upsert.on_conflict_do_update(
-        index_elements=[sessions_table.c.session_id],
-        set_={"updated_at": upsert.excluded.updated_at},
-    ).returning(sessions_table.c.principal)
-
-
-_UPSERT_SESSION = {
-    "sqlite": _session_upsert(sqlite_insert),
-    "postgresql": _session_upsert(pg_insert),
-}
 _INSERT_RUN = insert(runs)
 _SELECT_ACTIVE_RUN = (
     select(runs.c.run_id, runs.c.client_request_id)
@@ -119,9 +112,6 @@ _MARK_STREAMING = (
     update(runs)
     .where(runs.c.run_id == bindparam("b_run_id"), is_unfinished(runs.c.status))
     .values(status=RunStatus.STREAMING.value, updated_at=bindparam("b_now"))
-)
-_SELECT_SESSION = select(sessions_table).where(
-    sessions_table.c.session_id == bindparam("session_id")
 )
 _SELECT_MESSAGES = (
     select(messages_table)
@@ -156,7 +146,7 @@ class SqlStore:
     def __init__(self, url: str) -> None:
         self._url = make_url(url)
         self._sqlite = self._url.get_backend_name() == "sqlite"
-        self._upsert_session = _UPSERT_SESSION["sqlite" if self._sqlite else "postgresql"]
+        self._upsert_session = UPSERT_SESSION["sqlite" if self._sqlite else "postgresql"]
         self._clock = LeaseClock(sqlite=self._sqlite)
         self._insert_leased_run: Insert = (
             _INSERT_RUN
@@ -284,6 +274,7 @@ class SqlStore:
             "principal": principal,
             "created_at": now,
             "updated_at": now,
+            "title": first_title(questions),
         }
 
         def work(conn: Connection) -> datetime | None:
@@ -490,7 +481,7 @@ class SqlStore:
         """The session, or None."""
 
         def work(conn: Connection) -> SessionRecord | None:
-            row = conn.execute(_SELECT_SESSION, {"session_id": session_id}).mappings().first()
+            row = conn.execute(SELECT_SESSION, {"session_id": session_id}).mappings().first()
             return None if row is None else session_record(row)
 
         return await self._read(work)
@@ -514,6 +505,36 @@ class SqlStore:
             return [session_record(r) for r in rows], int(conn.scalar(count) or 0)
 
         return await self._read(work)
+
+    async def rename_session(
+        self, session_id: str, *, principal: str, title: str
+    ) -> SessionRecord | None:
+        """Give a principal's session a new title (its place in the list stays); None if it
+        has no such session."""
+        self._check_text(title)
+        parameters = {"b_session_id": session_id, "b_principal": principal, "b_title": title}
+
+        def work(conn: Connection) -> SessionRecord | None:
+            row = conn.execute(RENAME_SESSION, parameters).mappings().first()
+            return None if row is None else session_record(row)
+
+        return await self._write(work)
+
+    async def search_sessions(
+        self, *, principal: str, query: str, limit: int, offset: int
+    ) -> tuple[list[SessionHit], int]:
+        """A page of the principal's sessions matching every word of `query` in a title or a
+        user or assistant message, best first, each with its passage (see `store.search`)."""
+        return await self._read(
+            lambda conn: find_sessions(
+                conn,
+                sqlite=self._sqlite,
+                principal=principal,
+                query=query,
+                limit=limit,
+                offset=offset,
+            )
+        )
 
     async def list_messages(self, session_id: str) -> list[MessageRecord]:
         """A session's messages in order."""

@@ -65,3 +65,8 @@ def inline_or_parts(text: StoredText) -> tuple[str, Iterator[str] | None]:
     if len(text) <= PART_CHARS:
         return str(text), None
     return "", parts_of(text)
+
+
+def head_of(text: StoredText, size: int) -> str:
+    """The first `size` characters of the text, without joining the rest."""
+    return text[:size] if isinstance(text, str) else next(parts_of(text, size), "")

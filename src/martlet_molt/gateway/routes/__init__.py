@@ -1,6 +1,6 @@
 """The HTTP API, one module per concern: chat (asking), runs (state, resume, cancel), sessions,
-health, tools, and OpenAI's protocol under `/v1` (responses, chat_completions, models). Every
-handler is thin: it validates, asks the run manager or the store, and shapes the answer.
+export, health, tools, and OpenAI's protocol under `/v1` (responses, chat_completions, models).
+Every handler is thin: it validates, asks the run manager or the store, and shapes the answer.
 Streaming handlers only read a run's log; they never own the run."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from martlet_molt.gateway.routes import (
     chat,
     chat_completions,
+    export,
     health,
     models,
     responses,
@@ -19,7 +20,7 @@ from martlet_molt.gateway.routes import (
 )
 
 router = APIRouter()
-for module in (chat, runs, sessions, health, tools, responses, chat_completions, models):
+for module in (chat, runs, sessions, export, health, tools, responses, chat_completions, models):
     router.include_router(module.router)
 
 __all__ = ["router"]

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 """The newest revision this code knows (a test checks it is the scripts' head)."""
 
 _LOCK_KEY = 0x6D6F6C74  # PostgreSQL advisory lock held while upgrading the schema
