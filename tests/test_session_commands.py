@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from martlet_molt.cli import cli
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 
 pytestmark = pytest.mark.timeout(20)

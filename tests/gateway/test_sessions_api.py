@@ -11,8 +11,8 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream, Script
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream, Script
 from tests.gateway_server import GatewayServer
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from martlet_molt.testing import FakeUpstream
 from tests.conftest import GatewayFactory, script
-from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import GatewayServer
 from tests.web.conftest import IN_CI
 from tests.web.test_chat_page import api, expect_final, send, session_of
