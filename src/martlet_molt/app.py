@@ -28,7 +28,7 @@ from martlet_molt.gateway.error_responses import http_error, invalid_request, ma
 from martlet_molt.gateway.limits import BodyLimit
 from martlet_molt.gateway.routes import router
 from martlet_molt.providers.configured import open_provider
-from martlet_molt.store.base import create_store
+from martlet_molt.store import create_store
 from martlet_molt.tools.catalog import open_tools
 from martlet_molt.web import mount_web
 

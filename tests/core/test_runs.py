@@ -19,7 +19,8 @@ from martlet_molt.core.status import RunStatus
 from martlet_molt.core.stream_log import EventKind
 from martlet_molt.core.tools import ToolRegistry
 from martlet_molt.providers.base import ChatMessage, Delta, ModelOptions, TextDelta, ToolSpec
-from martlet_molt.store.base import RunRecord, Store, create_store
+from martlet_molt.store import create_store
+from martlet_molt.store.base import RunRecord, Store
 
 
 class GatedProvider:

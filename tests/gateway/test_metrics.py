@@ -19,7 +19,7 @@ from martlet_molt.errors import (
     UpstreamUnreachable,
 )
 from martlet_molt.metrics import UPSTREAM_ERROR_KINDS, Metrics, classify_upstream_error
-from martlet_molt.store.base import create_store
+from martlet_molt.store import create_store
 from martlet_molt.testing import FakeUpstream
 from tests.conftest import GatewayFactory, script
 from tests.gateway_server import GatewayServer

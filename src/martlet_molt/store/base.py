@@ -298,10 +298,3 @@ class Store(Protocol):
     async def delete_session(self, session_id: str) -> bool:
         """Delete a session with its messages and runs; False if it did not exist."""
         ...
-
-
-def create_store(url: str) -> Store:
-    """Pick the backend for a SQLAlchemy URL (SQLite or PostgreSQL); import it lazily."""
-    from martlet_molt.store.sql import SqlStore
-
-    return SqlStore(url)
