@@ -1,5 +1,5 @@
 """A small MCP server for trying tools with martlet_molt: a library catalogue the model can
-search. Run by the gateway over stdio (see examples/mcp.json and the README's "Tools").
+search. Run by the gateway over stdio (see examples/mcp.json and docs/tools.md).
 
 `count_copies` is slow on purpose (it "asks every branch"), to watch a long call: reload the
 page while it runs, or cancel the run, and this server prints that it was cancelled.

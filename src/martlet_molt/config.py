@@ -92,8 +92,8 @@ class Settings(BaseSettings):
     mcp_config: str | None = Field(
         default=None,
         description=(
-            "A JSON file of MCP servers whose tools the model may call (`mcpServers`; see the "
-            "README's Tools)."
+            "A JSON file of MCP servers whose tools the model may call (`mcpServers`; see "
+            "docs/tools.md)."
         ),
     )
     tool_timeout_seconds: float = Field(

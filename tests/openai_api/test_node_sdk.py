@@ -1,5 +1,5 @@
 """The Responses API driven by OpenAI's official Node SDK (`tests/node`, pinned in its
-package-lock.json): the README's Node example, create → drop → resume, run as a real script.
+package-lock.json): the Node example, create → drop → resume, run as a real script.
 
 `scripts/test` installs the Node packages. Without node or them the test is skipped on a
 developer's machine and fails under `CI=true`."""

@@ -46,7 +46,7 @@ def refuse_unsupported(extra: Mapping[str, Any] | None) -> None:
         shown = str(value)[:60]
         raise InvalidRequest(
             f"`{name}` is not supported by this gateway (got {shown}); "
-            "see the README's table of supported features",
+            "see the table of supported features in docs/api.md",
             param=name,
         )
 
