@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./martlet.db"
+DEFAULT_LOCAL_MAX_TOKENS = 1024
 
 
 class Settings(BaseSettings):
@@ -53,6 +54,14 @@ class Settings(BaseSettings):
     local_threads: int | None = Field(default=None, ge=1, description="Default: the CPU count.")
     local_parallel: int = Field(default=2, ge=1, le=64, description="Concurrent generations.")
     local_context: int = Field(default=4096, ge=256, description="Context tokens per generation.")
+    local_max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Tokens per local reply when the request sets no max_tokens; default: "
+            f"MARTLET_MAX_TOKENS if set, else {DEFAULT_LOCAL_MAX_TOKENS}."
+        ),
+    )
     system_prompt: str = ""
     tools: str = Field(
         default="",
@@ -159,6 +168,13 @@ class Settings(BaseSettings):
         if self.provider == "auto":
             return "openai" if self.provider_configured else "local"
         return self.provider
+
+    @property
+    def local_reply_cap(self) -> int:
+        """The local model's `max_tokens` when a request gives none. A small model can loop
+        until its context is full, so its replies always have a bound: the most specific
+        setting given, else `DEFAULT_LOCAL_MAX_TOKENS`."""
+        return self.local_max_tokens or self.max_tokens or DEFAULT_LOCAL_MAX_TOKENS
 
     @property
     def enabled_tools(self) -> list[str]:
