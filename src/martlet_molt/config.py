@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./martlet.db"
+DEFAULT_LOCAL_MAX_TOKENS = 1024
 
 
 class Settings(BaseSettings):
@@ -73,6 +74,15 @@ class Settings(BaseSettings):
         description="Concurrent local generations (slots); more runs wait in its queue.",
     )
     local_context: int = Field(default=4096, ge=256, description="Context tokens per slot.")
+    local_max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Tokens per local reply when the request sets no `max_tokens` (a reply cut there is "
+            "`completed`, with `finish_reason: length`); default: `MARTLET_MAX_TOKENS` if set, "
+            f"else {DEFAULT_LOCAL_MAX_TOKENS}."
+        ),
+    )
     system_prompt: str = Field(
         default="", description="A system message put first in every model call."
     )
@@ -240,6 +250,13 @@ class Settings(BaseSettings):
         if self.provider == "auto":
             return "openai" if self.provider_configured else "local"
         return self.provider
+
+    @property
+    def local_reply_cap(self) -> int:
+        """The local model's `max_tokens` when a request gives none. A small model can loop
+        until its context is full, so its replies always have a bound: the most specific
+        setting given, else `DEFAULT_LOCAL_MAX_TOKENS`."""
+        return self.local_max_tokens or self.max_tokens or DEFAULT_LOCAL_MAX_TOKENS
 
     @property
     def enabled_tools(self) -> list[str]:

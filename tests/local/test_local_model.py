@@ -1,5 +1,6 @@
 """The out-of-the-box local model: a real SmolLM2 on the CPU through llama.cpp, no provider
-variables set, served by a real `martlet-molt serve` process. Generations are kept short."""
+variables set, served by a real `martlet-molt serve` process. Generations are kept short: the
+local reply cap is set to a few dozen tokens."""
 
 from __future__ import annotations
 
@@ -7,15 +8,21 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from martlet_molt.config import Settings
+from martlet_molt.providers.configured import local_model_config
+from martlet_molt.providers.local import SMALL_MODEL_SAMPLING, LocalModelServer
 from tests.process_gateway import GatewayProcess, clean_env
 from tests.sse_client import read_sse
 
 MAX_TOKENS = 48
+LONG_STORY = "Write a very long story about a cat who travels the world."
 STARTUP_TIMEOUT = 60.0
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1"
 
@@ -28,7 +35,7 @@ def local_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayP
     env = clean_env(
         {
             "MARTLET_DATABASE_URL": f"sqlite:///{db_path}",
-            "MARTLET_MAX_TOKENS": str(MAX_TOKENS),
+            "MARTLET_LOCAL_MAX_TOKENS": str(MAX_TOKENS),
             "MARTLET_LOCAL_PARALLEL": "2",
             "MARTLET_SSE_PING_SECONDS": "0.5",
         }
@@ -81,7 +88,7 @@ async def test_stream_text_equals_the_saved_reply(local_gateway: GatewayProcess)
 @pytest.mark.timeout(120)
 async def test_cancel_frees_the_slot_for_the_next_run(local_gateway: GatewayProcess) -> None:
     async with httpx.AsyncClient(base_url=local_gateway.url, timeout=90) as client:
-        prompt = {"message": "Write a very long story about a cat who travels the world."}
+        prompt = {"message": LONG_STORY}
         stream = await read_sse(
             client, "POST", "/chat/stream?format=json", json_body=prompt, stop_after=3
         )
@@ -99,6 +106,37 @@ async def test_cancel_frees_the_slot_for_the_next_run(local_gateway: GatewayProc
             )
         ).json()
         assert after["status"] == "completed"
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(120)
+async def test_a_reply_cut_at_the_cap_completes_with_finish_reason_length(
+    local_gateway: GatewayProcess,
+) -> None:
+    """The local reply cap ends a long reply as a success that says it was cut; a request's
+    own `max_tokens` wins over the cap, and its `temperature` over the sampling defaults."""
+    async with httpx.AsyncClient(base_url=local_gateway.url, timeout=90) as client:
+
+        async def ask(**options: float) -> tuple[dict[str, Any], dict[str, Any]]:
+            messages = [{"role": "user", "content": LONG_STORY}]
+            body = {"model": MODEL_NAME, "messages": messages, **options}
+            response = await client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200, response.text
+            run = (await client.get(f"/runs/{response.headers['x-run-id']}")).json()
+            return response.json(), run
+
+        capped, run = await ask()
+        assert capped["choices"][0]["finish_reason"] == "length"
+        assert capped["usage"]["completion_tokens"] == MAX_TOKENS
+        assert (run["status"], run["error"]) == ("completed", None)
+        assert run["content"] == capped["choices"][0]["message"]["content"]
+        greedy = [await ask(max_tokens=16, temperature=0) for _ in range(2)]
+        for completion, run in greedy:
+            assert completion["choices"][0]["finish_reason"] == "length"
+            assert completion["usage"]["completion_tokens"] == 16
+            assert (run["status"], run["error"]) == ("completed", None)
+        first, second = (completion["choices"][0]["message"]["content"] for completion, _ in greedy)
+        assert first == second
 
 
 @pytest.mark.asyncio
@@ -136,3 +174,24 @@ def test_a_bad_model_file_stops_serve_with_one_clear_line(
     assert complaint in result.stderr
     assert str(tmp_path / model_path) in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+# llama.cpp's names in `/props` for the `Sampling` fields.
+PROPS_NAMES = {"temp": "temperature", "penalty_repeat": "repeat_penalty"}
+PROPS_NAMES["penalty_last_n"] = "repeat_last_n"
+
+
+def test_the_server_samples_with_the_small_model_defaults() -> None:
+    """llama.cpp reports the defaults it applies to a request that sets none of its own."""
+    config = local_model_config(Settings(_env_file=None))  # pyright: ignore[reportCallIssue]
+    server = LocalModelServer(config)
+    server.start()
+    try:
+        props = httpx.get(f"{server.base_url.removesuffix('/v1')}/props", timeout=30).json()
+    finally:
+        server.stop()
+    params = props["default_generation_settings"]["params"]
+    given = {k: v for k, v in asdict(SMALL_MODEL_SAMPLING).items() if v is not None}
+    assert {"temp", "dry_multiplier"} <= set(given)
+    for name, value in given.items():
+        assert params[PROPS_NAMES.get(name, name)] == pytest.approx(value), name

@@ -38,7 +38,9 @@ def local_model_config(settings: Settings) -> LocalModelConfig:
     )
 
 
-def _remote(settings: Settings, **overrides: str) -> OpenAIProvider:
+def _remote(
+    settings: Settings, *, max_tokens: int | None = None, **overrides: str
+) -> OpenAIProvider:
     from martlet_molt.providers.openai import OpenAIProvider
 
     values: dict[str, str | None] = {
@@ -56,7 +58,7 @@ def _remote(settings: Settings, **overrides: str) -> OpenAIProvider:
         timeout=settings.upstream_timeout_seconds,
         idle_timeout=settings.upstream_idle_timeout_seconds,
         max_retries=settings.upstream_max_retries,
-        max_tokens=settings.max_tokens,
+        max_tokens=max_tokens if max_tokens is not None else settings.max_tokens,
     )
 
 
@@ -82,7 +84,11 @@ async def open_provider(settings: Settings) -> AsyncGenerator[Provider | None]:
     server = LocalModelServer(local_model_config(settings))
     await asyncio.to_thread(server.start)
     provider = _remote(
-        settings, model=server.model_name, base_url=server.base_url, label="local llama.cpp"
+        settings,
+        max_tokens=settings.local_reply_cap,
+        model=server.model_name,
+        base_url=server.base_url,
+        label="local llama.cpp",
     )
     try:
         yield provider

@@ -13,7 +13,7 @@ import importlib.util
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,51 @@ def resolve_model_path(configured: str | None) -> Path:
 
 
 @dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling defaults the local server applies to every request that does not set its own
+    (a request's `temperature` or `top_p` still wins). Fields are named as llama.cpp's
+    `common_params_sampling`; None keeps llama.cpp's own default."""
+
+    temp: float | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    penalty_repeat: float | None = None
+    """Above 1, tokens seen in the last `penalty_last_n` become less likely."""
+    penalty_last_n: int | None = None
+    dry_multiplier: float | None = None
+    """DRY ("don't repeat yourself"): above 0, continuing a sequence that already occurred
+    gets a penalty growing as `dry_base ** (length - dry_allowed_length)`."""
+    dry_base: float | None = None
+    dry_allowed_length: int | None = None
+    dry_penalty_last_n: int | None = None
+    """How far back DRY looks; -1 is the whole context."""
+    seed: int | None = None
+    """A fixed seed makes every request's sampling repeatable (benchmarks); None: random."""
+
+    def apply(self, sampling: Any) -> None:
+        """Set the non-None fields on xllamacpp's `CommonParams().sampling`."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                setattr(sampling, field.name, value)
+
+
+# Tiny models like the packaged SmolLM2 fall into loops (one sentence over and over) with
+# llama.cpp's defaults, and then never emit an end of turn: DRY breaks a loop as it starts,
+# a mild repetition penalty keeps words from coming back too often, and a lower temperature
+# keeps the reply on its subject so it reaches an end. docs/BENCHMARKS.md measures it.
+SMALL_MODEL_SAMPLING = Sampling(
+    temp=0.5,
+    penalty_repeat=1.1,
+    penalty_last_n=64,
+    dry_multiplier=0.8,
+    dry_base=1.75,
+    dry_allowed_length=2,
+    dry_penalty_last_n=-1,
+)
+
+
+@dataclass(frozen=True, slots=True)
 class LocalModelConfig:
     """How to run the local model."""
 
@@ -81,6 +126,7 @@ class LocalModelConfig:
     threads: int
     parallel: int
     context: int
+    sampling: Sampling = SMALL_MODEL_SAMPLING
 
 
 def _free_loopback_port() -> int:
@@ -122,6 +168,7 @@ class LocalModelServer:
         params.n_parallel = self.config.parallel
         params.cpuparams.n_threads = self.config.threads
         params.cpuparams_batch.n_threads = self.config.threads
+        self.config.sampling.apply(params.sampling)
         params.ui = False
         params.verbosity = -1
         self.port = _free_loopback_port()
