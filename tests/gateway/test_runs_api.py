@@ -799,7 +799,12 @@ async def test_usage_is_reported_on_the_run_and_the_done_event(
         assert stream.status_code == 200
         done = stream.events[-1]
         assert done.event == "done"
-        assert done.json() == {"status": "completed", "usage": expected, "error": None}
+        assert done.json() == {
+            "status": "completed",
+            "usage": expected,
+            "error": None,
+            "finish_reason": "stop",
+        }
 
         run = await wait_for_run(client, stream.headers["x-run-id"])
         assert run["status"] == "completed"
@@ -810,3 +815,19 @@ async def test_usage_is_reported_on_the_run_and_the_done_event(
         chat = await client.post("/chat", json={"message": "two words"})
         chat_run = await wait_for_run(client, chat.json()["run_id"])
         assert chat_run["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+
+
+@pytest.mark.asyncio
+async def test_a_reply_cut_at_its_token_limit_is_completed_and_says_length(
+    gateway: GatewayServer, upstream: FakeUpstream, model: str
+) -> None:
+    script(upstream, model, tokens=["a", "b"], finish_reason="length")
+    async with client_for(gateway) as client:
+        stream = await read_sse(
+            client, "POST", "/chat/stream?format=json", json_body={"message": "go on"}
+        )
+        run = await wait_for_run(client, stream.headers["x-run-id"])
+    done = stream.events[-1].json()
+    assert (done["status"], done["error"], done["finish_reason"]) == ("completed", None, "length")
+    assert not [e for e in stream.events if e.event == "error"]
+    assert (run["status"], run["content"], run["error"]) == ("completed", "ab", None)

@@ -360,6 +360,17 @@ def test_a_failed_run_shows_its_reason(
     expect(reply(page).locator(".msg-state")).to_contain_text(run["error"])
 
 
+def test_a_reply_cut_at_its_token_limit_says_so(
+    page: Page, gateway: GatewayServer, upstream: FakeUpstream, model: str
+) -> None:
+    script(upstream, model, tokens=["Once ", "upon ", "a"], finish_reason="length")
+    page.goto(gateway.url + "/")
+    send(page, "A long story")
+    expect_final(page, "completed")
+    expect(reply(page).locator(".msg-state")).to_have_text("Cut at the length limit.")
+    assert reply_text(page).strip() == "Once upon a"
+
+
 def test_a_gateway_shutdown_shows_the_reply_as_interrupted(
     page: Page, make_gateway: GatewayFactory, upstream: FakeUpstream, model: str
 ) -> None:

@@ -489,10 +489,14 @@ const STATE_TEXT = {
   interrupted: 'Interrupted: the server stopped before the reply finished.',
 };
 
+// A completed reply the model did not end itself: it reached its token limit.
+const LENGTH = 'length';
+
 function stateLine(status, rawReason) {
   const reason = rawReason && rawReason !== status ? rawReason : null;
   if (status === 'failed') return reason ? `Failed: ${reason}` : 'Failed';
   if (status === 'interrupted' && reason) return `Interrupted: ${reason}`;
+  if (status === 'completed' && reason === LENGTH) return 'Cut at the length limit.';
   return STATE_TEXT[status] ?? status;
 }
 
@@ -610,7 +614,12 @@ class ReplyStream {
       this.handle(e, (d) => this.addNote(toolBlock(d.id, d.name, d.arguments))),
     );
     source.addEventListener('tool_result', (e) => this.handle(e, (d) => this.addResult(d)));
-    source.addEventListener('done', (e) => this.handle(e, (d) => this.finish(d.status, d.error)));
+    source.addEventListener('done', (e) =>
+      this.handle(e, (d) => {
+        const cut = d.finish_reason === LENGTH ? LENGTH : null;
+        this.finish(d.status, d.error || cut);
+      }),
+    );
     // `error` is both the server's `event: error` (a MessageEvent with data) and the
     // EventSource's own connection error (a plain Event).
     source.addEventListener('error', (e) => {

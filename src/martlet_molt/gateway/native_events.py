@@ -83,13 +83,14 @@ def encode_json(events: Sequence[RunEvent]) -> str:
             parts.append(f"id: {event.seq}\nevent: delta\ndata: {body}\n\n")
         elif event.kind is EventKind.END:
             data = event.data or {}
-            body = _json(
-                {
-                    "status": data.get("status"),
-                    "usage": data.get("usage"),
-                    "error": data.get("error"),
-                }
-            )
+            done: dict[str, object] = {
+                "status": data.get("status"),
+                "usage": data.get("usage"),
+                "error": data.get("error"),
+            }
+            if data.get("finish_reason") is not None:  # `length`: cut at the token limit
+                done["finish_reason"] = data["finish_reason"]
+            body = _json(done)
             parts.append(f"id: {event.seq}\nevent: done\ndata: {body}\n\n")
         else:
             body = _json(dict(event.data or {}))
