@@ -259,3 +259,56 @@ async def test_a_hang_up_during_silence_ends_the_reader_once_and_leaves_the_run_
     if left:
         await asyncio.wait(left, timeout=1.0)
     assert all(task.done() for task in left)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Yield to the loop until `condition` holds (the test's timeout bounds it)."""
+    while True:
+        if condition():
+            break
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_readers_of_silent_runs_share_one_ping_clock_that_stops_with_the_last() -> None:
+    logs = [LocalLog("session") for _ in range(20)]
+    clients = [Client() for _ in logs]
+    for log in logs:
+        log.start()
+    before = asyncio.all_tasks()
+    readers = [
+        asyncio.ensure_future(
+            SseResponse(log, encoder=native_encoder(SseFormat.TEXT, 0), ping_seconds=0.05)(
+                {"type": "http", "method": "GET"}, client.receive, client.send
+            )
+        )
+        for log, client in zip(logs, clients, strict=True)
+    ]
+    await until(lambda: all(client.bodies.count(PING) >= 2 for client in clients))
+    clocks = [t for t in asyncio.all_tasks() - before if t.get_name() == "sse-ping-clock"]
+    assert len(clocks) == 1
+
+    for log in logs:
+        log.put_sync("at last")
+        log.complete()
+    await asyncio.wait_for(asyncio.gather(*readers), 2.0)
+    for client in clients:
+        assert set(client.bodies[:-1]) == {PING}  # pings only while silent, then the events
+        assert client.bodies[-1] == b"id: 1\ndata: at last\n\nid: 2\ndata: [DONE]\n\n"
+    await asyncio.wait(clocks, timeout=1.0)
+    assert all(clock.done() for clock in clocks)
+
+
+@pytest.mark.asyncio
+async def test_a_reader_cancelled_while_waiting_is_cancelled_not_pinged() -> None:
+    log = LocalLog("session")
+    log.start()
+    client = Client()
+    response = SseResponse(log, encoder=native_encoder(SseFormat.TEXT, 0), ping_seconds=0.05)
+    reader = asyncio.ensure_future(
+        response({"type": "http", "method": "GET"}, client.receive, client.send)
+    )
+    await until(lambda: client.bodies.count(PING) >= 1)
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(reader, 2.0)

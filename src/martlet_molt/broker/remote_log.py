@@ -149,6 +149,9 @@ class RemoteLog:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
+            if timeout is None:
+                await waiter
+                return True
             async with asyncio.timeout(timeout):
                 await waiter
         except TimeoutError:

@@ -271,6 +271,9 @@ class LocalLog:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
+            if timeout is None:  # no timer to arm and cancel (SSE readers: `PingClock`)
+                await waiter
+                return True
             # Not `wait_for`: it wakes this task through a callback and a second future, a
             # loop iteration later, by when a writer relaying a burst has moved on.
             async with asyncio.timeout(timeout):

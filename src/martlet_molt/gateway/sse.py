@@ -7,14 +7,17 @@ events), never one send per token, and keeps the connection alive with `: ping` 
 the run is silent.
 
 Who runs what: each reader is the request's own task, which loops over the log (send a batch;
-or finish at the end; or wait for the log, and ping on a timeout). One helper task per
-response sleeps in `receive()` until the client disconnects; the reader checks it after every
-wake-up (so a hang-up during silence is noticed within one ping interval) and cancels it when
-it ends. Nothing here touches the run: a reader ending, for any reason, ends only that reader.
-It is written by hand rather than with sse-starlette's `EventSourceResponse`, whose anyio task
-group per reader (body, pinger, shutdown and disconnect listeners) and cancel scope per send
-cost more CPU per reader and per event, as racing `receive()` against a task per log wait
-instead did per event (measured: docs/BENCHMARKS.md, "Measurements behind the code").
+or finish at the end; or wait for the log, and ping when the wait has lasted the ping
+interval). The wait arms no timer of its own: one ping clock per process
+(`gateway/ping_clock.py`) interrupts the readers that have been waiting that long. One helper
+task per response sleeps in `receive()` until the client disconnects; the reader checks it
+after every wake-up (so a hang-up during silence is noticed within about one ping interval)
+and cancels it when it ends. Nothing here touches the run: a reader ending, for any reason,
+ends only that reader. It is written by hand rather than with sse-starlette's
+`EventSourceResponse`, whose anyio task group per reader (body, pinger, shutdown and
+disconnect listeners) and cancel scope per send cost more CPU per reader and per event, as
+racing `receive()` against a task per log wait instead did per event, and a timer per wait
+did per wake-up (measured: docs/BENCHMARKS.md, "Measurements behind the code").
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from martlet_molt.core.stream_log import RunEvent, StreamLog
 from martlet_molt.gateway.native_events import SseFormat, native_encoder
+from martlet_molt.gateway.ping_clock import Silence, ping_clock
 from martlet_molt.metrics import Metrics
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -137,10 +141,23 @@ class SseResponse(Response):
     async def _send_events(self, send: Send, hung_up: asyncio.Task[None]) -> bool:
         """Write the log from the cursor on; True once the end event went out (with the end
         of the body, in one write), False if the client hung up first."""
-        log, encode, cursor = self.log, self.encoder.encode, self.encoder.after
+        cursor = self.encoder.after
         opening = self.encoder.opening()
         if opening:
             await send({"type": "http.response.body", "body": opening.encode(), "more_body": True})
+        clock = ping_clock()
+        silence = clock.join(self.ping_seconds)
+        try:
+            return await self._follow_log(send, hung_up, cursor, silence)
+        finally:
+            clock.leave(silence)
+
+    async def _follow_log(
+        self, send: Send, hung_up: asyncio.Task[None], cursor: int, silence: Silence
+    ) -> bool:
+        """`_send_events` past the opening, with this reader's entry in the ping clock."""
+        log, encode, ping_seconds = self.log, self.encoder.encode, self.ping_seconds
+        task, now = silence.task, asyncio.get_running_loop().time
         while not hung_up.done():
             batch = log.events_after(cursor, limit=BATCH_EVENTS)
             if batch:
@@ -162,8 +179,21 @@ class SseResponse(Response):
             elif log.closed:  # nothing past the cursor: the end was sent before it
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return True
-            elif not await log.wait(cursor, timeout=self.ping_seconds) and not hung_up.done():
-                await send(_PING)
+            else:
+                # No timer of its own: the ping clock interrupts this wait once it has lasted
+                # `ping_seconds`, by cancelling the task, and the cancellation is taken back.
+                cancelling = task.cancelling()
+                silence.deadline = now() + ping_seconds
+                silence.waiting = True
+                try:
+                    await log.wait(cursor)
+                except asyncio.CancelledError:
+                    if not silence.rang or task.uncancel() > cancelling:
+                        raise
+                finally:
+                    rang, silence.waiting, silence.rang = silence.rang, False, False
+                if rang and not hung_up.done() and log.last_seq == cursor and not log.closed:
+                    await send(_PING)
         return False
 
 
