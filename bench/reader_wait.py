@@ -43,7 +43,6 @@ async def with_clock(log: LocalLog) -> None:
     """Read to the end, waiting as `SseResponse` does: on the ping clock."""
     clock = ping_clock()
     silence = clock.join(PING_SECONDS)
-    task, now = silence.task, asyncio.get_running_loop().time
     cursor = 0
     try:
         while True:
@@ -53,16 +52,7 @@ async def with_clock(log: LocalLog) -> None:
                 if log.closed:
                     return
                 continue
-            cancelling = task.cancelling()
-            silence.deadline = now() + PING_SECONDS
-            silence.waiting = True
-            try:
-                await log.wait(cursor)
-            except asyncio.CancelledError:
-                if not silence.rang or task.uncancel() > cancelling:
-                    raise
-            finally:
-                silence.waiting = silence.rang = False
+            await silence.wait(log, cursor, PING_SECONDS)
     finally:
         clock.leave(silence)
 

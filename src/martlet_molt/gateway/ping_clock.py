@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import weakref
 
+from martlet_molt.core.stream_log import StreamLog
+
 MAX_TICK_SECONDS = 1.0
 
 
@@ -28,6 +30,23 @@ class Silence:
         self.deadline = 0.0
         self.waiting = False
         self.rang = False
+
+    async def wait(self, log: StreamLog, after: int, ping_seconds: float) -> bool:
+        """Wait for an event past `after` (or the log's end) with no timer of its own; True
+        if the clock rang first, the wait having lasted `ping_seconds`. Only the clock's
+        cancellation is taken back: anybody else's goes through."""
+        loop_time = asyncio.get_running_loop().time
+        cancelling = self.task.cancelling()
+        self.deadline = loop_time() + ping_seconds
+        self.waiting = True
+        try:
+            await log.wait(after)
+        except asyncio.CancelledError:
+            if not self.rang or self.task.uncancel() > cancelling:
+                raise
+        finally:
+            rang, self.waiting, self.rang = self.rang, False, False
+        return rang
 
 
 class PingClock:

@@ -157,7 +157,6 @@ class SseResponse(Response):
     ) -> bool:
         """`_send_events` past the opening, with this reader's entry in the ping clock."""
         log, encode, ping_seconds = self.log, self.encoder.encode, self.ping_seconds
-        task, now = silence.task, asyncio.get_running_loop().time
         while not hung_up.done():
             batch = log.events_after(cursor, limit=BATCH_EVENTS)
             if batch:
@@ -179,21 +178,13 @@ class SseResponse(Response):
             elif log.closed:  # nothing past the cursor: the end was sent before it
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return True
-            else:
-                # No timer of its own: the ping clock interrupts this wait once it has lasted
-                # `ping_seconds`, by cancelling the task, and the cancellation is taken back.
-                cancelling = task.cancelling()
-                silence.deadline = now() + ping_seconds
-                silence.waiting = True
-                try:
-                    await log.wait(cursor)
-                except asyncio.CancelledError:
-                    if not silence.rang or task.uncancel() > cancelling:
-                        raise
-                finally:
-                    rang, silence.waiting, silence.rang = silence.rang, False, False
-                if rang and not hung_up.done() and log.last_seq == cursor and not log.closed:
-                    await send(_PING)
+            elif (
+                await silence.wait(log, cursor, ping_seconds)
+                and not hung_up.done()
+                and log.last_seq == cursor
+                and not log.closed
+            ):
+                await send(_PING)
         return False
 
 
