@@ -23,10 +23,11 @@ MAX_TICK_SECONDS = 1.0
 class Silence:
     """One reader's entry in the clock: when its wait runs out, and whether it is waiting."""
 
-    __slots__ = ("deadline", "rang", "task", "waiting")
+    __slots__ = ("_loop_time", "deadline", "rang", "task", "waiting")
 
     def __init__(self, task: asyncio.Task[object]) -> None:
         self.task = task
+        self._loop_time = task.get_loop().time
         self.deadline = 0.0
         self.waiting = False
         self.rang = False
@@ -35,9 +36,8 @@ class Silence:
         """Wait for an event past `after` (or the log's end) with no timer of its own; True
         if the clock rang first, the wait having lasted `ping_seconds`. Only the clock's
         cancellation is taken back: anybody else's goes through."""
-        loop_time = asyncio.get_running_loop().time
         cancelling = self.task.cancelling()
-        self.deadline = loop_time() + ping_seconds
+        self.deadline = self._loop_time() + ping_seconds
         self.waiting = True
         try:
             await log.wait(after)
