@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import cast
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -189,7 +190,7 @@ class Publisher:
         if not sent:
             return
         self.flushes += 1
-        reply: list[int] = await self._script(keys=keys, args=args)
+        reply = cast("list[int]", await self._script(keys=keys, args=args))
         for index, (mirror, upto) in enumerate(sent):
             result, last = AppendResult(int(reply[2 * index])), int(reply[2 * index + 1])
             self._settle(mirror, upto, result, last)

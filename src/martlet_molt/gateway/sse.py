@@ -6,9 +6,10 @@ A reader writes what is available in one send (one batch per wake-up, at most `B
 events), never one send per token, and keeps the connection alive with `: ping` comments while
 the run is silent.
 
-Who runs what: each reader is the request's own task, which loops over the log (send a batch;
-or finish at the end; or wait for the log, and ping when the wait has lasted the ping
-interval). The wait arms no timer of its own: one ping clock per process
+Who runs what: each reader is a task of its own, started and awaited by the request's task
+(so a wake-up resumes only the reader's frames, not the ASGI stack's), which loops over the log
+(send a batch; or finish at the end; or wait for the log, and ping when the wait has lasted the
+ping interval). The wait arms no timer of its own: one ping clock per process
 (`gateway/ping_clock.py`) interrupts the readers that have been waiting that long. One helper
 task per response sleeps in `receive()` until the client disconnects; the reader checks it
 after every wake-up (so a hang-up during silence is noticed within about one ping interval)
@@ -127,7 +128,8 @@ class SseResponse(Response):
             metrics.reader_connected()
         finished = False
         try:
-            finished = await self._send_events(send, hung_up)
+            # A cancellation of the request reaches the reader's task through this await.
+            finished = await asyncio.ensure_future(self._send_events(send, hung_up))
         finally:
             hung_up.cancel()
             if metrics is not None:
