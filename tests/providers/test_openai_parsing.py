@@ -68,6 +68,18 @@ def test_a_chunk_gives_text_tool_fragments_usage_and_finish() -> None:
 
 
 @pytest.mark.parametrize(
+    ("payload", "text"),
+    [
+        (b'{"choices": [{"delta": {"content": "\\ud83d"}}]}', "\ud83d"),  # half an emoji
+        (b'{"choices": [{"delta": {"content": "x"}}], "temperature": NaN}', "x"),
+        (b'\xef\xbb\xbf{"choices": [{"delta": {"content": "y"}}]}', "y"),  # byte order mark
+    ],
+)
+def test_json_the_standard_library_accepts_still_parses(payload: bytes, text: str) -> None:
+    assert parse_chunk(payload) == [TextDelta(text)]
+
+
+@pytest.mark.parametrize(
     ("payload", "error_class", "reason"),
     [
         (b"{not json", UpstreamMalformed, "^upstream sent a malformed chunk: Expecting"),

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import httpx2
 import openai
+import orjson
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from martlet_molt.errors import (
@@ -185,11 +186,18 @@ async def data_payloads(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def parse_chunk(payload: bytes) -> list[Delta]:
-    """The deltas in one `chat.completion.chunk` (an OpenAI error object raises)."""
+    """The deltas in one `chat.completion.chunk` (an OpenAI error object raises).
+
+    orjson parses it (it runs per token: docs/BENCHMARKS.md, "Measurements behind the code");
+    what orjson refuses and the standard library accepts (a lone surrogate, `NaN`, a byte
+    order mark) is read as the standard library reads it."""
     try:
-        chunk: object = json.loads(payload)
-    except ValueError as exc:
-        raise UpstreamMalformed(str(exc)) from exc
+        chunk: object = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        try:
+            chunk = json.loads(payload)
+        except ValueError as exc:
+            raise UpstreamMalformed(str(exc)) from exc
     if not isinstance(chunk, dict):
         raise UpstreamMalformed("not a JSON object")
     body = cast("dict[str, Any]", chunk)
