@@ -13,7 +13,7 @@ from typing import Any, cast
 import httpx2
 import openai
 import orjson
-from openai import AsyncOpenAI, DefaultAioHttpClient
+from openai import AsyncOpenAI
 
 from martlet_molt.errors import (
     ProviderError,
@@ -32,6 +32,7 @@ from martlet_molt.providers.base import (
     ToolSpec,
     UsageDelta,
 )
+from martlet_molt.providers.upstream_http import UpstreamHttpClient, body_chunks
 
 # Local servers accept any key; the SDK insists on one.
 PLACEHOLDER_API_KEY = "not-needed"
@@ -40,6 +41,19 @@ DRAIN_SECONDS = 1.0
 _DEFAULTS = ModelOptions()
 # What a run's error says when the upstream stops sending (before or during the body).
 SILENT = "upstream went silent for longer than the idle timeout"
+# Errors that mean the upstream's connection ended mid-body: httpx2's, and aiohttp's where the
+# body is read from aiohttp directly (`providers/upstream_http.py`).
+_DROPPED = frozenset(
+    {
+        "RemoteProtocolError",
+        "ReadError",
+        "ConnectError",
+        "NetworkError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+        "ClientOSError",
+    }
+)
 
 
 class OpenAIProvider:
@@ -70,7 +84,7 @@ class OpenAIProvider:
             base_url=base_url,
             timeout=timeouts,
             max_retries=max_retries,
-            http_client=DefaultAioHttpClient(timeout=timeouts),
+            http_client=UpstreamHttpClient(timeout=timeouts),
         )
 
     @property
@@ -108,7 +122,7 @@ class OpenAIProvider:
                 "/chat/completions", cast_to=httpx2.Response, body=body, stream=True
             )
             try:
-                payloads = data_payloads(response.aiter_raw())
+                payloads = data_payloads(body_chunks(response))
                 async for payload in payloads:
                     if payload == b"[DONE]":
                         await _drain(payloads)
@@ -251,9 +265,9 @@ def _transport_error(exc: Exception) -> ProviderError:
     """The SDK lets its HTTP client's errors through mid-stream; name the common ones, and
     type each by its cause."""
     name = type(exc).__name__
-    if name == "ReadTimeout":
+    if name in ("ReadTimeout", "SocketTimeoutError"):
         return UpstreamTimeout(SILENT)
-    if name in ("RemoteProtocolError", "ReadError", "ConnectError", "NetworkError"):
+    if name in _DROPPED:
         return UpstreamUnreachable(f"upstream connection dropped mid-stream ({name})")
     message = f"upstream stream failed: {name}: {exc}"
     if isinstance(exc, TimeoutError | httpx2.TimeoutException):
