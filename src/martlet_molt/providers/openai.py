@@ -262,8 +262,8 @@ def _deltas(body: dict[str, Any]) -> list[Delta]:
 
 
 def _transport_error(exc: Exception) -> ProviderError:
-    """The SDK lets its HTTP client's errors through mid-stream; name the common ones, and
-    type each by its cause."""
+    """A body's reader (aiohttp's, else httpx2's) lets its errors through mid-stream; name the
+    common ones, and type each by its cause."""
     name = type(exc).__name__
     if name in ("ReadTimeout", "SocketTimeoutError"):
         return UpstreamTimeout(SILENT)
