@@ -122,7 +122,10 @@ class Settings(BaseSettings):
     upstream_idle_timeout_seconds: float = Field(
         default=120.0,
         gt=0,
-        description="No byte from the upstream for this long fails the run (partial reply kept).",
+        description=(
+            "No byte from the upstream for this long fails the run (partial reply kept); "
+            "mid-reply it is noticed within a quarter more."
+        ),
     )
     upstream_max_retries: int = Field(
         default=2,

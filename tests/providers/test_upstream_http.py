@@ -1,18 +1,27 @@
 """A streamed upstream body is read from aiohttp's own reader (the fast path), and gives the
-same deltas as httpx2's reading of the same reply."""
+same deltas as httpx2's reading of the same reply; its idle timeout is kept by an
+`IdleTimer` looking a few times per idle period, not by a timer per chunk."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import httpx2
 import pytest
+from aiohttp import SocketTimeoutError
 
 from martlet_molt.providers.base import Delta, TextDelta
 from martlet_molt.providers.openai import data_payloads, parse_chunk
-from martlet_molt.providers.upstream_http import BODY_READER, UpstreamHttpClient, body_chunks
+from martlet_molt.providers.upstream_http import (
+    BODY_READER,
+    IDLE_TIMER,
+    IdleTimer,
+    UpstreamHttpClient,
+    body_chunks,
+)
 from martlet_molt.testing import FakeUpstream
 from tests.conftest import script
 
@@ -42,3 +51,45 @@ async def test_a_streamed_body_is_read_from_aiohttp_with_the_same_payloads(
     assert direct == through_httpx2
     text = "".join(delta.text for delta in direct if isinstance(delta, TextDelta))
     assert text == "".join(sent.chunks)
+
+
+IDLE = 0.4
+
+
+async def _silence_before_the_timeout(chunks: AsyncIterator[bytes]) -> float:
+    """Read until the idle timeout fails the body; how long after the last chunk it did."""
+    last = time.monotonic()
+    try:
+        async for _ in chunks:
+            last = time.monotonic()
+    except SocketTimeoutError:
+        return time.monotonic() - last
+    raise AssertionError("the body ended without the idle timeout")
+
+
+@pytest.mark.asyncio
+async def test_a_body_silent_for_the_idle_timeout_fails_within_a_quarter_more(
+    upstream: FakeUpstream, model: str
+) -> None:
+    script(upstream, model, token_count=6, stall_after=2)
+    async with (
+        UpstreamHttpClient(timeout=httpx2.Timeout(10.0, read=IDLE)) as client,
+        _request(client, upstream, model) as response,
+    ):
+        assert isinstance(response.extensions.get(IDLE_TIMER), IdleTimer)
+        silent = await _silence_before_the_timeout(body_chunks(response))
+    assert IDLE <= silent < IDLE * 1.25 + 0.2, silent
+
+
+@pytest.mark.asyncio
+async def test_chunks_slower_than_the_timer_s_looks_but_within_the_idle_timeout_all_arrive(
+    upstream: FakeUpstream, model: str
+) -> None:
+    """Chunks IDLE / 2 apart: the timer looks twice between two of them and sees bytes."""
+    sent = script(upstream, model, token_count=6, delay=IDLE / 2)
+    async with (
+        UpstreamHttpClient(timeout=httpx2.Timeout(10.0, read=IDLE)) as client,
+        _request(client, upstream, model) as response,
+    ):
+        deltas = await _deltas(body_chunks(response))
+    assert "".join(d.text for d in deltas if isinstance(d, TextDelta)) == "".join(sent.chunks)

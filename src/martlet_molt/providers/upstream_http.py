@@ -7,19 +7,25 @@ async generators per read (the SDK's aiohttp stream, httpx2's elapsed-time wrapp
 `aiter_raw`), each resumed and suspended for every paced token; reading aiohttp's reader
 directly saves about 6 µs of CPU per token (docs/BENCHMARKS.md, "Paced tokens: the steps
 after the ping clock"). The request itself (retries, headers, status errors) stays the SDK's.
+
+Once the headers are in, the body's idle timeout is an `IdleTimer`: aiohttp would otherwise
+cancel and arm a timer on every chunk it receives, for every token of a paced reply.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import httpx2
+from aiohttp import SocketTimeoutError
 from openai import DefaultAioHttpClient
 
-# The response extension that holds aiohttp's reader of the body.
+# The response extensions that hold aiohttp's reader of the body, and its `IdleTimer`.
 BODY_READER = "martlet_body_reader"
+IDLE_TIMER = "martlet_idle_timer"
 
 
 class UpstreamHttpClient(DefaultAioHttpClient):
@@ -43,8 +49,24 @@ class BodyReaderTransport(httpx2.AsyncBaseTransport):
         """The inner transport's response, with the body's reader when it has one."""
         response = await self._inner.handle_async_request(request)
         aiohttp_response: object = getattr(response.stream, "_aiohttp_response", None)
-        if isinstance(aiohttp_response, aiohttp.ClientResponse):
-            response.extensions[BODY_READER] = aiohttp_response.content
+        if not isinstance(aiohttp_response, aiohttp.ClientResponse):
+            return response
+        reader = aiohttp_response.content
+        response.extensions[BODY_READER] = reader
+        idle: object = request.extensions.get("timeout", {}).get("read")
+        connection = aiohttp_response.connection
+        protocol = connection.protocol if connection is not None else None
+        stream = response.stream
+        if (
+            isinstance(idle, int | float)
+            and idle > 0
+            and protocol is not None
+            and isinstance(stream, httpx2.AsyncByteStream)
+        ):
+            # From here on the timer below keeps the idle timeout, not aiohttp's per chunk.
+            protocol.read_timeout = None
+            timer = response.extensions[IDLE_TIMER] = IdleTimer(reader, idle)
+            response.stream = _TimedStream(stream, timer)
         return response
 
     async def aclose(self) -> None:
@@ -59,3 +81,54 @@ def body_chunks(response: httpx2.Response) -> AsyncIterator[bytes]:
     if isinstance(reader, aiohttp.StreamReader):
         return reader.iter_any()
     return response.aiter_raw()
+
+
+class IdleTimer:
+    """Fails a body's reader once it has received nothing for `idle` seconds.
+
+    It looks a few times per idle period at how many bytes the reader has received (one
+    timer event per look), instead of a timer cancelled and armed again on every chunk; it
+    fires between `idle` and `1.25 * idle` after the last byte."""
+
+    LOOKS = 4
+
+    def __init__(self, reader: aiohttp.StreamReader, idle: float) -> None:
+        self._reader = reader
+        self._interval = idle / self.LOOKS
+        self._seen = reader.total_bytes
+        self._quiet = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(self._interval, self._look)
+
+    def _look(self) -> None:
+        reader = self._reader
+        if reader.is_eof() or reader.exception() is not None:
+            return
+        if reader.total_bytes != self._seen:
+            self._seen, self._quiet = reader.total_bytes, 0
+        else:
+            self._quiet += 1
+        if self._quiet >= self.LOOKS:
+            # What aiohttp raises for the same silence, so its callers see no difference.
+            reader.set_exception(SocketTimeoutError("Timeout on reading data from socket"))
+            return
+        self._handle = self._loop.call_later(self._interval, self._look)
+
+    def cancel(self) -> None:
+        """Stop looking (the response is closed)."""
+        self._handle.cancel()
+
+
+class _TimedStream(httpx2.AsyncByteStream):
+    """The SDK's body stream, which also stops the body's `IdleTimer` when it is closed."""
+
+    def __init__(self, inner: httpx2.AsyncByteStream, timer: IdleTimer) -> None:
+        self._inner = inner
+        self._timer = timer
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._inner.__aiter__()
+
+    async def aclose(self) -> None:
+        self._timer.cancel()
+        await self._inner.aclose()
