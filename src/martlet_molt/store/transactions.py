@@ -4,7 +4,8 @@ Every store operation is written once, as a synchronous function of a `Connectio
 whole by one of two runners:
 
 - `SqliteThreads` (SQLite): the standard library driver on threads of the store's own, one
-  writer and two readers. A whole transaction is one hop to a thread and back. (An async
+  writer and two readers (`store.transaction_thread`). A whole transaction is one hop to a
+  thread and back, and transactions queued together share the hop and one commit. (An async
   driver such as aiosqlite makes a hop per cursor operation, and starting a run took several
   times as long: docs/BENCHMARKS.md, "Measurements behind the code".) The single writer
   thread is also the queue that serialises writes.
@@ -17,11 +18,8 @@ back on its own, as with any database client; callers that must know the outcome
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -30,13 +28,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
+from martlet_molt.store.transaction_thread import TransactionThread, Work
+
 # The async extension loads the ORM (its memory: docs/BENCHMARKS.md, "Measurements behind the
 # code"): only PostgreSQL needs it.
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
-Work = Callable[[Connection], T]
 
 WRITE_OPTION = "martlet_write"  # connection execution option: this transaction will write
 _READER_THREADS = 2
@@ -95,7 +94,8 @@ def _sqlite_on_begin(conn: Connection) -> None:
 
 
 class SqliteThreads:
-    """SQLite on threads of its own: one writer (the write queue), two readers (WAL snapshots).
+    """SQLite on threads of its own: one writer (the write queue), two readers (WAL snapshots),
+    each running what is queued for it in batches (`TransactionThread`).
 
     An in-memory database is one connection, so everything runs on the writer thread.
     """
@@ -111,33 +111,34 @@ class SqliteThreads:
         self._engine: Engine = create_engine(url, **options)
         event.listen(self._engine, "connect", _sqlite_on_connect)
         event.listen(self._engine, "begin", _sqlite_on_begin)
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="martlet-sqlite-writer")
-        self._readers = (
-            self._writer
-            if is_memory(url)
-            else ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="martlet-sqlite-reader")
+        write = {WRITE_OPTION: True}
+        self._writer = TransactionThread(
+            self._engine, "martlet-sqlite-writer", execution_options=write
         )
+        self._readers = (
+            [self._writer]
+            if is_memory(url)
+            else [
+                TransactionThread(self._engine, f"martlet-sqlite-reader-{i}")
+                for i in range(_READER_THREADS)
+            ]
+        )
+        self._next_reader = 0
 
     async def run(self, work: Work[T], *, write: bool, control: bool = False) -> T:
         """Run `work` as one transaction on the writer thread, or on a reader thread."""
         del control  # one process: its writes queue on one thread whatever they are
-        loop = asyncio.get_running_loop()
-        executor = self._writer if write else self._readers
-        return await loop.run_in_executor(executor, self._transaction, work, write)
-
-    def _transaction(self, work: Work[T], write: bool) -> T:
-        with self._engine.connect() as conn:
-            if write:
-                conn.execution_options(**{WRITE_OPTION: True})
-            with conn.begin():
-                return work(conn)
+        if write:
+            return await self._writer.submit(work)
+        self._next_reader = (self._next_reader + 1) % len(self._readers)
+        return await self._readers[self._next_reader].submit(work)
 
     async def close(self) -> None:
-        """Close the connections on the writer thread, then stop the threads."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._engine.dispose)
-        self._writer.shutdown(wait=False)
-        self._readers.shutdown(wait=False)
+        """Stop the readers, then the writer, which closes what the pool still holds."""
+        for reader in self._readers:
+            if reader is not self._writer:
+                await reader.stop()
+        await self._writer.stop(self._engine.dispose)
 
 
 class AsyncEngineTransactions:
