@@ -499,6 +499,25 @@ async def test_many_concurrent_runs(store: SqlStore) -> None:
 
 
 @pytest.mark.asyncio
+async def test_racing_starts_on_one_session_commit_one_and_refuse_the_rest(store: SqlStore) -> None:
+    """Starts that queue together (on SQLite, one batch on the writer) still succeed or fail
+    one by one: the session's single unfinished run is the first, the others are refused and
+    leave no question behind, and starts on other sessions in the same burst are kept."""
+    racing = [start(store, 1, run_id=f"r1-{k}", user_message=f"q{k}") for k in range(8)]
+    others = [start(store, n) for n in range(2, 6)]
+    outcomes = await asyncio.gather(*racing, *others, return_exceptions=True)
+    won = [o for o in outcomes[:8] if isinstance(o, RunRecord)]
+    refused = [o for o in outcomes[:8] if isinstance(o, SessionBusy)]
+    assert (len(won), len(refused)) == (1, 7)
+    assert [m.content for m in await store.list_messages("s1")] == [
+        f"q{won[0].run_id.removeprefix('r1-')}"
+    ]
+    assert all(isinstance(o, RunRecord) for o in outcomes[8:])
+    for n in range(2, 6):
+        assert [m.content for m in await store.list_messages(f"s{n}")] == [f"hello {n}"]
+
+
+@pytest.mark.asyncio
 async def test_open_twice_on_same_database(store_url: str) -> None:
     first = SqlStore(store_url)
     await first.open()
