@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import OperationalError
 
 from martlet_molt.store.transaction_thread import TransactionThread
+from martlet_molt.store.transactions import SqliteThreads
 
 WAIT = 10.0  # seconds: a bound on every wait, never reached when the code works
 
@@ -150,3 +152,34 @@ async def test_stop_finishes_what_is_queued_and_refuses_more(engine: Engine) -> 
     with pytest.raises(RuntimeError, match="closed"):
         worker.submit(insert(3, calls))
     assert rows(engine) == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_a_database_that_cannot_be_opened_fails_each_call(tmp_path: Path) -> None:
+    missing = create_engine(f"sqlite+pysqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+    worker = TransactionThread(missing, "test-transactions")
+    calls: Counter[int] = Counter()
+    for n in (1, 2):  # the thread outlives the failure: the second call is answered too
+        with pytest.raises(OperationalError, match="unable to open"):
+            await asyncio.wait_for(worker.submit(insert(n, calls)), WAIT)
+    await asyncio.wait_for(worker.stop(missing.dispose), WAIT)
+    assert calls == Counter()
+
+
+@pytest.mark.asyncio
+async def test_a_long_read_holds_up_only_its_own_reader(tmp_path: Path) -> None:
+    threads = SqliteThreads(make_url(f"sqlite:///{tmp_path / 'reads.db'}"))
+    release, entered = threading.Event(), threading.Event()
+    try:
+        long_read = asyncio.ensure_future(threads.run(blocker(release, entered), write=False))
+        assert await asyncio.to_thread(entered.wait, WAIT)
+        quick = await asyncio.wait_for(
+            threads.run(lambda conn: conn.execute(text("SELECT 7")).scalar(), write=False), WAIT
+        )
+        assert quick == 7
+        assert not long_read.done()
+        release.set()
+        await asyncio.wait_for(long_read, WAIT)
+    finally:
+        release.set()
+        await threads.close()

@@ -43,10 +43,11 @@ class _Transaction(Generic[T]):
     future: asyncio.Future[T]
     result: Any = None
     error: BaseException | None = None
+    settled: bool = False  # `result` or `error` is final
 
 
 class TransactionThread:
-    """Runs queued transactions on a thread and connection of its own, in batches."""
+    """Runs queued transactions on a thread of its own, in batches."""
 
     def __init__(
         self,
@@ -62,6 +63,8 @@ class TransactionThread:
         self._stopping = False
         self._last: Callable[[], None] | None = None
         self._stopped: asyncio.Future[None] | None = None
+        self.pending = 0
+        """Transactions submitted whose outcome has not reached their caller yet."""
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
@@ -71,6 +74,7 @@ class TransactionThread:
             raise RuntimeError("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put(_Transaction(work, future))
+        self.pending += 1
         return future
 
     async def stop(self, last: Callable[[], None] | None = None) -> None:
@@ -88,11 +92,8 @@ class TransactionThread:
             while not stop:
                 batch, stop = self._next_batch()
                 if batch:
-                    # A pooled connection per batch: one held for the thread's life kept
-                    # ~3 MB more after a disconnect storm (docs/BENCHMARKS.md).
-                    with self._engine.connect() as conn:
-                        _run_batch(conn.execution_options(**self._options), batch)
-                    _settle(batch)
+                    self._run(batch)
+                    self._settle(batch)
                     del batch  # not kept while idle: the work and results (replies) it holds
         finally:
             try:
@@ -103,6 +104,37 @@ class TransactionThread:
             stopped = self._stopped
             if stopped is not None:
                 stopped.get_loop().call_soon_threadsafe(_finish, stopped, error)
+
+    def _run(self, batch: list[_Transaction[Any]]) -> None:
+        """Run a batch; whatever goes wrong, every transaction in it ends with an outcome."""
+        try:
+            # A pooled connection per batch: one held for the thread's life kept ~4 MB more
+            # after a disconnect storm (docs/BENCHMARKS.md).
+            with self._engine.connect() as conn:
+                _run_batch(conn.execution_options(**self._options), batch)
+        except BaseException as exc:  # no connection (a file that cannot be opened, say)
+            for transaction in batch:
+                if not transaction.settled:
+                    transaction.error, transaction.settled = exc, True
+
+    def _settle(self, batch: list[_Transaction[Any]]) -> None:
+        """Hand the outcomes to their loops: one wake-up per loop for the whole batch."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Transaction[Any]]] = {}
+        for transaction in batch:
+            by_loop.setdefault(transaction.future.get_loop(), []).append(transaction)
+        for loop, transactions in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(self._resolve, transactions)
+
+    def _resolve(self, transactions: list[_Transaction[Any]]) -> None:
+        self.pending -= len(transactions)
+        for transaction in transactions:
+            if transaction.future.cancelled():
+                continue  # its caller left; the transaction went its own way
+            if transaction.error is not None:
+                transaction.future.set_exception(transaction.error)
+            else:
+                transaction.future.set_result(transaction.result)
 
     def _next_batch(self) -> tuple[list[_Transaction[Any]], bool]:
         """Wait for a transaction, then take those queued behind it; True once asked to stop."""
@@ -126,6 +158,8 @@ def _run_batch(conn: Connection, batch: list[_Transaction[Any]]) -> None:
             with conn.begin():
                 for transaction in batch:
                     transaction.result = transaction.work(conn)
+            for transaction in batch:
+                transaction.settled = True
             return
         except BaseException:
             pass  # rolled back: below, each is committed or rolled back alone
@@ -135,26 +169,7 @@ def _run_batch(conn: Connection, batch: list[_Transaction[Any]]) -> None:
                 transaction.result = transaction.work(conn)
         except BaseException as exc:
             transaction.error = exc
-
-
-def _settle(batch: list[_Transaction[Any]]) -> None:
-    """Hand the outcomes to their loops: one wake-up per loop for the whole batch."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Transaction[Any]]] = {}
-    for transaction in batch:
-        by_loop.setdefault(transaction.future.get_loop(), []).append(transaction)
-    for loop, transactions in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
-            loop.call_soon_threadsafe(_resolve, transactions)
-
-
-def _resolve(transactions: list[_Transaction[Any]]) -> None:
-    for transaction in transactions:
-        if transaction.future.cancelled():
-            continue  # its caller left; the transaction went its own way
-        if transaction.error is not None:
-            transaction.future.set_exception(transaction.error)
-        else:
-            transaction.future.set_result(transaction.result)
+        transaction.settled = True
 
 
 def _finish(stopped: asyncio.Future[None], error: BaseException | None) -> None:

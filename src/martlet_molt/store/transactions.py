@@ -93,6 +93,10 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
+def _pending(thread: TransactionThread) -> int:
+    return thread.pending
+
+
 class SqliteThreads:
     """SQLite on threads of its own: one writer (the write queue), two readers (WAL snapshots),
     each running what is queued for it in batches (`TransactionThread`).
@@ -123,15 +127,15 @@ class SqliteThreads:
                 for i in range(_READER_THREADS)
             ]
         )
-        self._next_reader = 0
 
     async def run(self, work: Work[T], *, write: bool, control: bool = False) -> T:
         """Run `work` as one transaction on the writer thread, or on a reader thread."""
         del control  # one process: its writes queue on one thread whatever they are
         if write:
             return await self._writer.submit(work)
-        self._next_reader = (self._next_reader + 1) % len(self._readers)
-        return await self._readers[self._next_reader].submit(work)
+        # The least busy reader: a long read (an export, a search) holds up only its own.
+        reader = min(self._readers, key=_pending)
+        return await reader.submit(work)
 
     async def close(self) -> None:
         """Stop the readers, then the writer, which closes what the pool still holds."""
