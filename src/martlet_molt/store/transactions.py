@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -93,10 +94,6 @@ def _sqlite_on_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
-def _pending(thread: TransactionThread) -> int:
-    return thread.pending
-
-
 class SqliteThreads:
     """SQLite on threads of its own: one writer (the write queue), two readers (WAL snapshots),
     each running what is queued for it in batches (`TransactionThread`).
@@ -134,7 +131,7 @@ class SqliteThreads:
         if write:
             return await self._writer.submit(work)
         # The least busy reader: a long read (an export, a search) holds up only its own.
-        reader = min(self._readers, key=_pending)
+        reader = min(self._readers, key=attrgetter("pending"))
         return await reader.submit(work)
 
     async def close(self) -> None:
