@@ -23,6 +23,13 @@ from martlet_molt.core.runs import RunManager
 # After the drain, connections still open (idle keep-alives, slow clients) get this long.
 CONNECTION_CLOSE_SECONDS = 5.0
 
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Allocations between two young collections in a serving process (CPython's default: 700).
+A run keeps a few hundred objects alive while it streams, so with hundreds of runs under way
+the default walks the same live runs again and again, and promotes them into the middle
+generation, whose passes walk them once more (measured: docs/BENCHMARKS.md, "Measurements
+behind the code")."""
+
 
 class GatewayServer(uvicorn.Server):
     """A uvicorn server that drains runs before it closes connections."""
@@ -52,12 +59,15 @@ class GatewayServer(uvicorn.Server):
         """Start as uvicorn does; then, if asked, move everything alive so far (modules,
         models, the app) out of the cyclic collector's reach: its full passes would otherwise
         walk those hundreds of thousands of objects again and again, pausing every stream.
+        The young generation is collected less often, too (`YOUNG_COLLECTION_THRESHOLD`).
         Only for a process that is the server (`martlet-molt serve`), not for one that hosts
         it among other work: frozen objects are never collected."""
         await super().startup(sockets)
         if self.freeze_heap:
             gc.collect()
             gc.freeze()
+            _, middle, oldest = gc.get_threshold()
+            gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, oldest)
             logger.debug("{} objects frozen out of garbage collection", gc.get_freeze_count())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
