@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from loguru import logger
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from martlet_molt import __version__
 from martlet_molt.broker.base import create_broker
@@ -27,6 +28,7 @@ from martlet_molt.gateway.auth import ApiKeys
 from martlet_molt.gateway.error_responses import http_error, invalid_request, martlet_error
 from martlet_molt.gateway.limits import BodyLimit
 from martlet_molt.gateway.routes import router
+from martlet_molt.gateway.sse import SERVER_SEND
 from martlet_molt.providers.configured import open_provider
 from martlet_molt.store import create_store
 from martlet_molt.tools.catalog import open_tools
@@ -39,6 +41,16 @@ def instance_name(settings: Settings) -> str:
     if settings.instance_id:
         return settings.instance_id
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, keeping the server's own `send` in each HTTP request's scope, so an SSE reader
+    writes its body past the middleware's wrappers (`gateway.sse.body_send`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -89,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         logger.info("gateway stopped")
 
-    app = FastAPI(
+    app = GatewayApp(
         title="martlet_molt",
         version=__version__,
         description="A chat gateway whose replies never depend on the client's connection.",

@@ -12,8 +12,9 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from starlette.types import Message
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from martlet_molt.app import GatewayApp
 from martlet_molt.core.local_log import LocalLog
 from martlet_molt.core.stream_log import EventKind
 from martlet_molt.gateway.native_events import SseFormat, encode_json, native_encoder
@@ -220,6 +221,56 @@ async def test_a_lagging_reader_gets_every_event_in_bounded_sends_and_leaves_no_
     if left:  # the hang-up watcher was cancelled; it finishes without any help
         await asyncio.wait(left, timeout=1.0)
     assert all(task.done() for task in left)
+
+
+@pytest.mark.asyncio
+async def test_the_start_goes_through_the_middleware_and_the_body_past_it() -> None:
+    log = long_reply(1_000)
+    seen_by_middleware: list[str] = []
+
+    class Watch:
+        """A pure ASGI middleware that sees every message sent through it."""
+
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            async def watched(message: Message) -> None:
+                seen_by_middleware.append(message["type"])
+                await send(message)
+
+            await self.app(scope, receive, watched)
+
+    app = GatewayApp()
+    app.add_middleware(Watch)
+
+    @app.get("/stream")
+    async def stream() -> SseResponse:  # pyright: ignore[reportUnusedFunction]
+        return SseResponse(log, encoder=native_encoder(SseFormat.JSON, 0), ping_seconds=5.0)
+
+    client = Client()
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/stream",
+        "raw_path": b"/stream",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    await asyncio.wait_for(app(scope, client.receive, client.send), 10)
+
+    # The middleware knows the response started (so it never sends an error response of its
+    # own), and no body chunk pays for its wrapper.
+    assert seen_by_middleware == ["http.response.start"]
+    assert client.messages[0]["status"] == 200
+    assert b"".join(client.bodies) == encode_json(log.events_after(0)).encode()
+    assert client.messages[-1]["more_body"] is False
 
 
 @pytest.mark.asyncio

@@ -46,6 +46,20 @@ BATCH_EVENTS = 512
 
 _PING: Message = {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
 
+SERVER_SEND = "martlet.server_send"
+"""The scope key under which the app (`app.GatewayApp`) keeps the server's own `send`."""
+
+
+def body_send(scope: Scope, send: Send) -> Send:
+    """What a reader writes its body with: the server's own `send`, once the response has
+    started through the middleware's (which must see the start to know not to send an error
+    response of their own). Starlette's error and exception middleware wrap every `send` in
+    a coroutine of their own, three per body chunk, for every token and reader; none of the
+    app's middleware changes a body chunk (`BodyLimit` wraps only `receive`, CORS only the
+    start). Without the key (the app mounted elsewhere) it is `send` itself."""
+    server_send: Send | None = scope.get(SERVER_SEND)
+    return send if server_send is None else server_send
+
 
 class SseEncoder(Protocol):
     """One reader's wire format: turns the log's events into SSE frames. It may keep state
@@ -111,6 +125,7 @@ class SseResponse(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+        send = body_send(scope, send)
         if not await self._follow(receive, send):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:
