@@ -76,3 +76,22 @@ def test_release_off_a_loop_schedules_nothing(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(memory, "_follow_up", None)
     memory.release_memory()
     assert memory._follow_up is None  # pyright: ignore[reportPrivateUsage]
+
+
+@pytest.mark.asyncio
+async def test_idle_connections_are_released_before_the_collection_and_trim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What sits idle is closed first, so that the trim finds its memory already freed."""
+    order: list[str] = []
+    monkeypatch.setattr(memory, "_collect_and_trim", lambda: order.append("trim"))
+    monkeypatch.setattr(memory, "_follow_up", None)
+
+    async def close_store() -> None:
+        order.append("store")
+
+    async def close_upstream() -> None:
+        order.append("upstream")
+
+    await memory.release_idle_then_memory(close_store, close_upstream)
+    assert order == ["store", "upstream", "trim"]

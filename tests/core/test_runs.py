@@ -43,6 +43,9 @@ class GatedProvider:
         for piece in self.pieces:
             yield TextDelta(piece)
 
+    async def release_idle_connections(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 

@@ -4,6 +4,7 @@ same deltas as httpx2's reading of the same reply; its idle timeout is kept by a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -51,6 +52,46 @@ async def test_a_streamed_body_is_read_from_aiohttp_with_the_same_payloads(
     assert direct == through_httpx2
     text = "".join(delta.text for delta in direct if isinstance(delta, TextDelta))
     assert text == "".join(sent.chunks)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("max_idle", "left_open"), [(3, 3), (None, 10)])
+async def test_idle_connections_beyond_the_limits_keep_alive_count_are_closed(
+    upstream: FakeUpstream, model: str, max_idle: int | None, left_open: int
+) -> None:
+    sent = script(upstream, model, token_count=5)
+    limits = httpx2.Limits(max_connections=50, max_keepalive_connections=max_idle)
+    all_open = asyncio.Barrier(10)
+    texts: list[str] = []
+
+    async def one(client: httpx2.AsyncClient, together: asyncio.Barrier | None) -> None:
+        async with _request(client, upstream, model) as response:
+            if together is not None:
+                await together.wait()  # ten responses at once: ten connections
+            deltas = await _deltas(body_chunks(response))
+        texts.append("".join(delta.text for delta in deltas if isinstance(delta, TextDelta)))
+
+    async with UpstreamHttpClient(limits=limits) as client:
+        await asyncio.wait_for(asyncio.gather(*(one(client, all_open) for _ in range(10))), 10)
+        assert texts == ["".join(sent.chunks)] * 10
+        await _until_open(upstream, left_open)
+        # After a burst the gateway closes every idle one (`release_idle_connections`).
+        client.close_idle_connections()
+        await _until_open(upstream, 0)
+        # And the next request simply opens a new one.
+        await asyncio.wait_for(one(client, None), 10)
+        assert texts[-1] == "".join(sent.chunks)
+
+
+async def _until_open(upstream: FakeUpstream, count: int) -> None:
+    """Until the upstream counts `count` open connections: it sees a close a moment after the
+    client makes it (bounded)."""
+    deadline = time.monotonic() + 5
+    for _ in range(250):
+        if upstream.open_connections <= count or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.02)
+    assert upstream.open_connections == count
 
 
 IDLE = 0.4

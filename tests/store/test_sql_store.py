@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import QueuePool
 
 from martlet_molt.core.status import RunStatus
 from martlet_molt.errors import (
@@ -23,6 +24,7 @@ from martlet_molt.errors import (
 from martlet_molt.store.base import Checkpoint, NewMessage, RunRecord, Store
 from martlet_molt.store.migrations import HEAD_REVISION
 from martlet_molt.store.sql import SqlStore
+from martlet_molt.store.transactions import SqliteThreads
 
 EVENTS: list[Any] = [
     {"type": "run.started", "run_id": "r1"},
@@ -552,6 +554,59 @@ async def test_closed_store_raises_and_reopens(store: SqlStore) -> None:
         await store.ping()
     await store.open()
     assert await store.get_run("r1") is not None
+
+
+@pytest.mark.asyncio
+async def test_releasing_idle_connections_keeps_the_store_working(store: SqlStore) -> None:
+    """A release in the middle of traffic: what was saved stays, what is under way goes on."""
+    await start(store, 1)
+    under_way = [start(store, n) for n in range(2, 12)]
+    outcomes = await asyncio.gather(*under_way, store.release_idle_connections())
+    assert all(isinstance(o, RunRecord) for o in outcomes[:-1])
+    await finish(store, "r1")
+    await store.release_idle_connections()
+    _, total = await store.list_sessions(principal="alice", limit=1, offset=0)
+    assert total == 11
+    assert [m.content for m in await store.list_messages("s1")] == ["hello 1", "done"]
+
+
+def _pooled(store: SqlStore) -> int:
+    """How many connections wait in the SQLite store's pool (SQLAlchemy's own count)."""
+    threads = store._transactions  # pyright: ignore[reportPrivateUsage]
+    assert isinstance(threads, SqliteThreads)
+    pool = threads._engine.pool  # pyright: ignore[reportPrivateUsage]
+    assert isinstance(pool, QueuePool)
+    return pool.checkedin()
+
+
+@pytest.mark.asyncio
+async def test_sqlite_releases_its_idle_connections_and_opens_them_again(tmp_path: Path) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path / 'm.db'}")
+    await store.open()
+    try:
+        # Reads spread over both readers, a write on the writer: connections left in the pool.
+        await asyncio.gather(start(store, 1), *(store.get_session("s1") for _ in range(20)))
+        assert _pooled(store) >= 2
+        await store.release_idle_connections()
+        # Only the connection of the writer's batch, which did the closing, is back.
+        assert _pooled(store) == 1
+        await asyncio.gather(finish(store, "r1"), *(store.get_session("s1") for _ in range(20)))
+        assert [m.content for m in await store.list_messages("s1")] == ["hello 1", "done"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+async def test_an_in_memory_store_keeps_its_data_through_a_release(url: str) -> None:
+    store = SqlStore(url)
+    await store.open()
+    try:
+        await start(store, 1)
+        await store.release_idle_connections()
+        assert [m.content for m in await store.list_messages("s1")] == ["hello 1"]
+    finally:
+        await store.close()
 
 
 @pytest.mark.asyncio

@@ -13,9 +13,10 @@ behind the code".
 So `martlet-molt serve` re-executes itself once, same pid and arguments, with
 `PYTHONMALLOC=malloc` on Linux with glibc (`use_system_malloc`), unless PYTHONMALLOC is set
 already (`PYTHONMALLOC=pymalloc` keeps CPython's allocator). After a large eviction
-`release_memory` collects garbage and trims, and trims once more `FOLLOW_UP_SECONDS` later:
-what the evicted runs' connections held (idle upstream keep-alives close 5-10 s after their
-last use) is freed only after the first pass. Without glibc only the collections run.
+`release_idle_then_memory` first closes the connections nobody is using (the upstream's idle
+keep-alives and the store's pooled connections, with their buffers and page caches), then
+`release_memory` collects garbage and trims, and trims once more `FOLLOW_UP_SECONDS` later,
+for what is freed only after the first pass. Without glibc only the collections run.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ import ctypes.util
 import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 TRIM_AFTER_EVICTED = 50
 """Evicting at least this many logs in one pass is worth a collection and a trim."""
+
+CLOSE_SETTLE_SECONDS = 0.1
+"""How long closed connections get to finish closing before the collection and trim: a
+transport closes its socket and drops its buffers on a later turn of the event loop."""
 
 FOLLOW_UP_SECONDS = 15.0
 """A second collection and trim this long after `release_memory`, for memory the released
@@ -84,6 +89,16 @@ def release_memory() -> None:
         if pending_loop is loop and not handle.cancelled():
             return
     _follow_up = (loop, loop.call_later(FOLLOW_UP_SECONDS, _follow_up_release))
+
+
+async def release_idle_then_memory(*release_idle: Callable[[], Awaitable[None]]) -> None:
+    """After a burst: close what sits idle (each of `release_idle`: pooled connections nobody
+    is using), let the closes complete, then `release_memory`. Whatever a burst opened would
+    otherwise hold its memory until its keep-alive expired, after the trim had run."""
+    for release in release_idle:
+        await release()
+    await asyncio.sleep(CLOSE_SETTLE_SECONDS)
+    release_memory()
 
 
 def uses_system_malloc() -> bool:

@@ -37,7 +37,7 @@ from martlet_molt.core.elsewhere import Elsewhere
 from martlet_molt.core.leases import LeaseKeeper
 from martlet_molt.core.local_log import LocalLog, new_run_id
 from martlet_molt.core.local_logs import LocalLogs
-from martlet_molt.core.memory import TRIM_AFTER_EVICTED, release_memory
+from martlet_molt.core.memory import TRIM_AFTER_EVICTED, release_idle_then_memory
 from martlet_molt.core.run_spec import RunSpec
 from martlet_molt.core.run_view import RunView
 from martlet_molt.core.saving import TAKEN_OVER_ERROR, Outcome, save_outcome
@@ -172,7 +172,10 @@ class RunManager:
             if evicted:
                 logger.debug("evicted {} finished stream logs", evicted)
             if evicted >= TRIM_AFTER_EVICTED:
-                release_memory()
+                releases = [self.store.release_idle_connections]
+                if self.provider is not None:
+                    releases.append(self.provider.release_idle_connections)
+                await release_idle_then_memory(*releases)
 
     async def _checkpoint_periodically(self) -> None:
         while True:

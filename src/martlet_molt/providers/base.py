@@ -80,6 +80,11 @@ class Provider(Protocol):
         """Stream one completion, honouring the request's `options` where given."""
         ...
 
+    async def release_idle_connections(self) -> None:
+        """Close the connections to the model that no request is using (after a burst, so
+        that their buffers go back to the system); the next request opens one again."""
+        ...
+
     async def aclose(self) -> None:
         """Release the HTTP client."""
         ...

@@ -79,12 +79,13 @@ class OpenAIProvider:
         # Its aiohttp transport reads a streamed body for much less CPU per chunk than the
         # default one (docs/BENCHMARKS.md, "Measurements behind the code").
         timeouts = openai.Timeout(timeout, read=idle_timeout)
+        self._http_client = UpstreamHttpClient(timeout=timeouts)
         self._client = AsyncOpenAI(
             api_key=api_key or PLACEHOLDER_API_KEY,
             base_url=base_url,
             timeout=timeouts,
             max_retries=max_retries,
-            http_client=UpstreamHttpClient(timeout=timeouts),
+            http_client=self._http_client,
         )
 
     @property
@@ -158,6 +159,10 @@ class OpenAIProvider:
         if options.top_p is not None:
             body["top_p"] = options.top_p
         return body
+
+    async def release_idle_connections(self) -> None:
+        """Close the connections to the upstream that no request is using."""
+        self._http_client.close_idle_connections()
 
     async def aclose(self) -> None:
         """Close the SDK's HTTP client."""

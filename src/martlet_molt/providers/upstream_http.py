@@ -10,29 +10,99 @@ after the ping clock"). The request itself (retries, headers, status errors) sta
 
 Once the headers are in, the body's idle timeout is an `IdleTimer`: aiohttp would otherwise
 cancel and arm a timer on every chunk it receives, for every token of a paced reply.
+
+The SDK's connection limits say how many idle keep-alive connections to keep (100); httpx
+honours that, but the aiohttp transport passes only the total to aiohttp, whose pool keeps
+every connection a burst opened until its keep-alive expires. `IdleCappedConnector` closes
+the oldest idle ones past the limit, so after a burst of a thousand runs the memory of nine
+hundred connections is not held for another 5-10 s (docs/BENCHMARKS.md, "Measurements behind
+the code").
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import aiohttp
 import httpx2
 from aiohttp import SocketTimeoutError
 from openai import DefaultAioHttpClient
+from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
 
 # The response extensions that hold aiohttp's reader of the body, and its `IdleTimer`.
 BODY_READER = "martlet_body_reader"
 IDLE_TIMER = "martlet_idle_timer"
 
 
+class IdleCappedConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, keeping at most `max_idle` idle keep-alive connections: the
+    oldest beyond that are closed as soon as another one comes back to the pool.
+
+    aiohttp has no public hook for this: it extends the private `_release`, and reads the
+    private pool of idle connections (`_conns`: per host, a deque of (protocol, release
+    time), oldest first). Where a release of aiohttp changes them, the cap's test fails."""
+
+    def __init__(self, *, max_idle: int, **options: Any) -> None:
+        super().__init__(**options)  # pyright: ignore[reportUnknownMemberType]
+        self.max_idle = max_idle
+
+    def _release(self, *args: Any, **kwargs: Any) -> None:
+        super()._release(*args, **kwargs)  # pyright: ignore[reportUnknownMemberType]
+        self.close_idle(keep=self.max_idle)
+
+    def close_idle(self, *, keep: int = 0) -> None:
+        """Close the oldest idle connections until at most `keep` are left."""
+        idle = self._conns  # pyright: ignore[reportPrivateUsage]
+        beyond = sum(len(pooled) for pooled in idle.values()) - keep
+        for _ in range(beyond):
+            key = min(idle, key=lambda host: idle[host][0][1])
+            protocol, _released_at = idle[key].popleft()
+            if not idle[key]:
+                del idle[key]
+            protocol.close()
+
+
 class UpstreamHttpClient(DefaultAioHttpClient):
-    """The SDK's aiohttp client with every transport it makes exposing the body's reader."""
+    """The SDK's aiohttp client with every transport it makes exposing the body's reader,
+    keeping no more idle connections than the SDK's limits allow, and able to close them
+    all (`close_idle_connections`)."""
+
+    def __init__(self, **options: Any) -> None:
+        self._connectors: list[IdleCappedConnector] = []  # the transports are made below
+        super().__init__(**options)
 
     def _init_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
-        return BodyReaderTransport(super()._init_transport(*args, **kwargs))
+        inner = super()._init_transport(*args, **kwargs)
+        if isinstance(inner, AiohttpTransport) and not inner.uds:
+            inner.client = partial(self._session_for, inner)
+        return BodyReaderTransport(inner)
+
+    def _session_for(self, transport: AiohttpTransport) -> aiohttp.ClientSession:
+        """The session the SDK's aiohttp transport would make (`get_client`), with a
+        connector that keeps at most the limits' `max_keepalive_connections` idle."""
+        limits = transport.limits
+        options: dict[str, Any] = {
+            "keepalive_timeout": limits.keepalive_expiry,
+            "ssl": transport.ssl_context,
+        }
+        if limits.max_connections is not None:
+            options["limit"] = limits.max_connections
+        if transport.local_address:
+            options["local_addr"] = (transport.local_address, 0)
+        max_idle = limits.max_keepalive_connections
+        max_idle = sys.maxsize if max_idle is None else max_idle
+        connector = IdleCappedConnector(max_idle=max_idle, **options)
+        self._connectors.append(connector)
+        return aiohttp.ClientSession(connector=connector)
+
+    def close_idle_connections(self) -> None:
+        """Close every connection no request is using."""
+        for connector in self._connectors:
+            connector.close_idle()
 
 
 class BodyReaderTransport(httpx2.AsyncBaseTransport):

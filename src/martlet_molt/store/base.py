@@ -150,7 +150,8 @@ class RenewedLeases:
 
 
 class Store(Protocol):
-    """The persistence the gateway needs, nothing more. Every method is one transaction."""
+    """The persistence the gateway needs, nothing more. Every method but `open`, `close` and
+    `release_idle_connections` is one transaction."""
 
     async def open(self) -> None:
         """Connect and create or migrate the schema."""
@@ -158,6 +159,12 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+    async def release_idle_connections(self) -> None:
+        """Close the pooled connections no transaction is using, with what they cache (after
+        a burst, so that the memory goes back to the system); they are opened again as
+        needed."""
         ...
 
     async def ping(self) -> None:

@@ -175,6 +175,11 @@ class SqlStore:
             transactions, self._transactions = self._transactions, None
             await transactions.close()
 
+    async def release_idle_connections(self) -> None:
+        """Close the pooled connections no transaction is using (a closed store: nothing)."""
+        if self._transactions is not None:
+            await self._transactions.release_idle_connections()
+
     def _runner(self) -> Transactions:
         if self._transactions is None:
             raise RuntimeError("store is not open")

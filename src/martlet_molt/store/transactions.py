@@ -55,6 +55,10 @@ class Transactions(Protocol):
         """Release every connection (and thread)."""
         ...
 
+    async def release_idle_connections(self) -> None:
+        """Close the pooled connections no transaction is using."""
+        ...
+
 
 def is_memory(url: URL) -> bool:
     """Whether a SQLite URL names a private in-memory database."""
@@ -134,6 +138,22 @@ class SqliteThreads:
         reader = min(self._readers, key=attrgetter("pending"))
         return await reader.submit(work)
 
+    async def release_idle_connections(self) -> None:
+        """Close the pooled connections no thread is using, and with them their page caches
+        (up to 2 MB each, in the threads' malloc arenas). The writer does it, from inside a
+        batch: the connection the batch holds stays open, so no close is the file's last,
+        which would checkpoint the whole WAL; that one only empties its cache. An in-memory
+        database keeps its one connection (closing it would lose the database)."""
+        if self._writer in self._readers:
+            return
+        pool = self._engine.pool
+
+        def close_the_others(connection: Connection) -> None:
+            pool.dispose()
+            connection.exec_driver_sql("PRAGMA shrink_memory")
+
+        await self._writer.submit(close_the_others)
+
     async def close(self) -> None:
         """Stop the readers, then the writer, which closes what the pool still holds."""
         for reader in self._readers:
@@ -161,6 +181,10 @@ class AsyncEngineTransactions:
         engine = self._control if control else self._engine
         async with engine.connect() as conn, conn.begin():
             return await conn.run_sync(work)
+
+    async def release_idle_connections(self) -> None:
+        """Nothing: PostgreSQL's pooled connections hold little memory in this process, and
+        a new one costs a round trip and authentication."""
 
     async def close(self) -> None:
         """Release every pooled connection."""
