@@ -45,9 +45,9 @@ main()
 ON_GLIBC = memory._malloc_trim is not None  # pyright: ignore[reportPrivateUsage]
 
 
-def _serve(tmp_path: Path, **env: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _run_serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """Run the probe as `serve` with an openai upstream configured (nothing listens there:
-    the lifespan does not call it); its START lines and its SERVING state."""
+    the lifespan does not call it)."""
     clean = {
         key: value
         for key, value in os.environ.items()
@@ -62,7 +62,7 @@ def _serve(tmp_path: Path, **env: str) -> tuple[list[dict[str, Any]], dict[str, 
         }
     )
     clean.update(env)
-    completed = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", PROBE, "serve", "--port", "0"],
         cwd=tmp_path,  # the default SQLite file lands here; no .env is read
         env=clean,
@@ -71,6 +71,11 @@ def _serve(tmp_path: Path, **env: str) -> tuple[list[dict[str, Any]], dict[str, 
         timeout=30,
         check=False,
     )
+
+
+def _serve(tmp_path: Path, **env: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`_run_serve`, which must succeed: its START lines and its SERVING state."""
+    completed = _run_serve(tmp_path, **env)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     starts = [
@@ -86,16 +91,8 @@ def _serve(tmp_path: Path, **env: str) -> tuple[list[dict[str, Any]], dict[str, 
 def test_serve_with_an_openai_upstream_loads_no_local_model_and_no_terminal_client(
     tmp_path: Path,
 ) -> None:
-    # Migrated ahead, as a deployment does: a database at head needs no Alembic (which loads
-    # Mako and Pygments) to open.
-    subprocess.run(
-        [sys.executable, "-m", "martlet_molt", "db", "upgrade"],
-        cwd=tmp_path,  # the default SQLite file, as `serve` will find it
-        env={k: v for k, v in os.environ.items() if not k.startswith("MARTLET_")},
-        capture_output=True,
-        timeout=30,
-        check=True,
-    )
+    # A first start, on a new database: the schema is migrated by a child process, so
+    # Alembic (which loads Mako and Pygments) never enters the serving one.
     _, state = _serve(tmp_path, PYTHONMALLOC="pymalloc")
     modules = set(state["modules"])
     assert "openai" in modules  # the provider was opened
@@ -129,6 +126,22 @@ def test_serve_keeps_the_allocator_pythonmalloc_names(tmp_path: Path) -> None:
     assert len(starts) == 1
     assert state["blocks"] > 0
     assert state["allocator"] == "pymalloc"
+
+
+def test_serve_refuses_a_database_newer_than_the_code_saying_so(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from martlet_molt.store.migrations import HEAD_REVISION
+
+    _serve(tmp_path)  # migrates the default SQLite file in the working directory
+    engine = create_engine(f"sqlite:///{tmp_path / 'martlet.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    refused = _run_serve(tmp_path)
+    assert refused.returncode == 1
+    assert f"revision 9999, newer than this code's {HEAD_REVISION}" in refused.stderr
+    assert "SERVING" not in refused.stdout
 
 
 def _loaded_after(code: str) -> set[str]:

@@ -62,6 +62,7 @@ def serve(
         except LocalModelError as exc:
             typer.echo(f"martlet-molt: {exc.message}", err=True)
             raise typer.Exit(1) from None
+    _upgrade_schema_in_a_child_process(settings.database_url)
     if workers > 1:
         from martlet_molt.workers import serve_workers
 
@@ -76,6 +77,35 @@ def serve(
     from martlet_molt.server import GatewayServer
 
     GatewayServer(create_app(settings), host=host, port=port, freeze_heap=True).run()
+
+
+def _upgrade_schema_in_a_child_process(database_url: str) -> None:
+    """Migrate a database that is not at this release's schema with `db upgrade` in a child
+    process, before serving: Alembic (with Mako and Pygments) would otherwise stay loaded in
+    the serving process for its whole life, ~12 MB of its RSS (docs/BENCHMARKS.md,
+    "Measurements behind the code"). Where the database cannot be read here, or is in memory
+    (private to the process), the store migrates when it opens, as it always can."""
+    import asyncio
+    import subprocess
+
+    from sqlalchemy.engine import make_url
+
+    from martlet_molt.store.migrations import HEAD_REVISION, database_revision
+    from martlet_molt.store.transactions import is_memory
+
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and is_memory(url):
+        return
+    try:
+        if asyncio.run(database_revision(database_url)) == HEAD_REVISION:
+            return
+    except Exception:  # the store reports it when it opens, with its own error
+        return
+    upgrade = [sys.executable, "-m", "martlet_molt", "db", "upgrade"]
+    completed = subprocess.run(upgrade, stdout=subprocess.PIPE, text=True, check=False)
+    if completed.returncode != 0:  # the child has said why on stderr
+        raise typer.Exit(completed.returncode)
+    logger.info("schema migrated: {}", completed.stdout.strip())
 
 
 def version() -> None:
