@@ -82,7 +82,7 @@ def serve(
 def _upgrade_schema_in_a_child_process(database_url: str) -> None:
     """Migrate a database that is not at this release's schema with `db upgrade` in a child
     process, before serving: Alembic (with Mako and Pygments) would otherwise stay loaded in
-    the serving process for its whole life, ~12 MB of its RSS (docs/BENCHMARKS.md,
+    the serving process for its whole life, ~10 MB of its RSS (docs/BENCHMARKS.md,
     "Measurements behind the code"). Where the database cannot be read here, or is in memory
     (private to the process), the store migrates when it opens, as it always can."""
     import asyncio
