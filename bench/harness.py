@@ -126,6 +126,9 @@ class Trial:
     peak_rss: dict[str, int]
     first_rss: dict[str, int]
     timeline: list[tuple[float, int]]
+    # CPU seconds up to the moment the job reported as `streams_ended`, if it reported one:
+    # the streams alone, without the job's checks that follow them.
+    cpu_streaming: dict[str, float] | None = None
 
 
 def wind_up(
@@ -234,6 +237,9 @@ class Stack:
             peak_rss={name: monitor.peak_rss(name) for name in watched},
             first_rss={name: monitor.first_rss(name) for name in watched},
             timeline=monitor.timeline("gateway"),
+            cpu_streaming=(
+                monitor.cpu_until(result["streams_ended"]) if "streams_ended" in result else None
+            ),
         )
 
     def idle(self, seconds: float) -> list[tuple[float, int]]:

@@ -198,7 +198,8 @@ async def job_concurrent(
 
     started = time.monotonic()
     await asyncio.gather(*(one(i) for i in range(streams)))
-    elapsed = time.monotonic() - started
+    streams_ended = time.monotonic()
+    elapsed = streams_ended - started
     gaps: list[float] = []
     latencies: list[float] = []
     ttfts: list[float] = []
@@ -234,5 +235,6 @@ async def job_concurrent(
         "latencies": latencies,
         "ttfts": ttfts,
         "elapsed": elapsed,
+        "streams_ended": streams_ended,
         "errors": dict(errors.most_common(5)),
     }

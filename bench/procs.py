@@ -264,10 +264,12 @@ def run_queue_wait(pid: int) -> float:
 
 @dataclass
 class Sample:
-    """RSS of each watched process at one moment (seconds since the monitor started)."""
+    """RSS and CPU seconds of each watched process at one moment (seconds since the monitor
+    started)."""
 
     t: float
     rss: dict[str, int]
+    cpu: dict[str, float]
 
 
 class Monitor:
@@ -309,7 +311,7 @@ class Monitor:
                 rss[name] = int(proc.memory_info().rss)
             except psutil.Error:
                 rss[name] = 0
-        self.samples.append(Sample(time.monotonic() - self._t0, rss))
+        self.samples.append(Sample(time.monotonic() - self._t0, rss, self._cpu_now()))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -349,6 +351,14 @@ class Monitor:
     def last_rss(self, name: str) -> int:
         """The RSS of `name` when the block ended."""
         return self.samples[-1].rss.get(name, 0) if self.samples else 0
+
+    def cpu_until(self, moment: float) -> dict[str, float]:
+        """CPU seconds of each process from the start to the last sample at or before
+        `moment` (a `time.monotonic()` reading, the same clock in every process): the part of
+        a job before a phase its client timed, to within one sampling interval."""
+        before = [s for s in self.samples if s.t <= moment - self._t0]
+        cpu = before[-1].cpu if before else self._cpu0
+        return {name: cpu.get(name, 0.0) - self._cpu0.get(name, 0.0) for name in self._cpu0}
 
     def timeline(self, name: str) -> list[tuple[float, int]]:
         """`(seconds, rss bytes)` samples of `name`."""
